@@ -1,0 +1,108 @@
+"""Typed settings from ``HERALD_*`` environment variables; secrets print masked."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ROUTING_FILE = Path(__file__).with_name("routing.yaml")
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a DSN (``postgresql://u:***@host/db``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class BackoffPolicy(BaseModel):
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base*factor^n)]."""
+
+    base_s: float = Field(1.0, gt=0)
+    factor: float = Field(2.0, ge=1)
+    cap_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HERALD_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./herald.db"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    redis_url: str = "redis://localhost:6379/0"
+    routing_file: Path = DEFAULT_ROUTING_FILE
+    otp_secret: SecretStr = SecretStr("dev-only-otp-secret-change-me")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    bootstrap_api_key: SecretStr | None = None
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Send API limits.
+    max_request_bytes: int = 64 * 1024
+    max_body_chars: int = 16 * 1024
+    max_metadata_bytes: int = 4 * 1024
+    idempotency_ttl_s: int = 24 * 3600
+
+    # Durable accept.
+    outbox_relay_after_s: float = 5.0
+    outbox_relay_interval_s: float = 1.0
+
+    # Broker topology.
+    queue_delivery_limit: int = 20
+    retry_buckets_ms: list[int] = [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 300000]
+
+    # Workers.
+    worker_prefetch: int = 64
+    worker_high_prefetch: int = 32
+    claim_lease_s: float = 30.0
+    provider_timeout_s: float = 10.0
+    shutdown_grace_s: float = 25.0
+    backoff: dict[str, BackoffPolicy] = {
+        "otp": BackoffPolicy(base_s=1, factor=2, cap_s=30, max_attempts=4),
+        "transactional": BackoffPolicy(),
+        "marketing": BackoffPolicy(base_s=5, factor=2, cap_s=600, max_attempts=6),
+    }
+
+    # Sandbox providers.
+    sandbox_enabled: bool = True
+    sandbox_keep: int = 100_000
+    metrics_port: int | None = None
+
+    def backoff_for(self, category: str) -> BackoffPolicy:
+        return self.backoff.get(category) or BackoffPolicy()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting, ready to print: secrets as ``***``, DSN passwords hidden."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "***" if value.get_secret_value() else ""
+            elif name.endswith("_url") and isinstance(value, str):
+                out[name] = mask_url(value)
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+    def __repr_args__(self) -> Any:
+        return list(self.masked().items())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

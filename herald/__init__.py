@@ -1,0 +1,1 @@
+"""Herald: notification and OTP delivery. Shared domain types, storage and the CLI live here."""

@@ -1,0 +1,37 @@
+"""Prometheus metrics shared by the API and the workers."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCEPTED = Counter(
+    "herald_accepted_total", "Notifications accepted by the send API", ["channel", "category"]
+)
+SENT = Counter(
+    "herald_sent_total", "Notifications a provider accepted", ["channel", "category", "provider"]
+)
+FAILED = Counter("herald_failed_total", "Permanent failures", ["channel", "category", "provider"])
+RETRIED = Counter(
+    "herald_retried_total", "Sends scheduled for a retry", ["channel", "category", "provider"]
+)
+DEAD_LETTERED = Counter(
+    "herald_dead_lettered_total",
+    "Notifications that ended undelivered, by reason",
+    ["channel", "category", "reason"],
+)
+DUPLICATES_SKIPPED = Counter(
+    "herald_duplicates_skipped_total", "Redeliveries recognised as already handled", ["reason"]
+)
+PROVIDER_LATENCY = Histogram(
+    "herald_provider_call_seconds",
+    "Time spent in one provider call",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ACCEPT_LATENCY = Histogram(
+    "herald_accept_seconds",
+    "Send API: request received to 202",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+QUEUE_DEPTH = Gauge("herald_queue_depth", "Messages ready in a RabbitMQ queue", ["queue"])
+OUTBOX_BACKLOG = Gauge("herald_outbox_backlog", "Accepted notifications not yet confirmed")

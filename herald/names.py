@@ -1,0 +1,52 @@
+"""Every RabbitMQ and Redis name Herald uses, in one place."""
+
+from __future__ import annotations
+
+from herald.domain import Channel, Priority
+
+EXCHANGE = "herald"
+DLX = "herald.dlx"
+DLQ = "herald.dlq"
+RETRY_EXCHANGE = "herald.retry"
+EVENTS_EXCHANGE = "herald.events"
+
+HEADER_NOTIFICATION_ID = "x-herald-notification-id"
+HEADER_ATTEMPT = "x-herald-attempt"
+HEADER_RETRY_BUCKET = "x-herald-delay-ms"
+HEADER_DLQ_REASON = "x-herald-reason"
+
+
+def work_queue(channel: Channel | str, priority: Priority | str) -> str:
+    return f"herald.{channel}.{priority}"
+
+
+def all_work_queues() -> list[str]:
+    return [work_queue(c, p) for c in Channel for p in Priority]
+
+
+def retry_queue(delay_ms: int) -> str:
+    return f"herald.retry.{delay_ms}ms"
+
+
+# Redis keys.
+REDIS_PREFIX = "herald:"
+
+
+def claim_key(notification_id: str, generation: int) -> str:
+    return f"{REDIS_PREFIX}claim:{notification_id}:{generation}"
+
+
+def idempotency_lock_key(api_key_id: str, key: str) -> str:
+    return f"{REDIS_PREFIX}idem-lock:{api_key_id}:{key}"
+
+
+def sandbox_config_key() -> str:
+    return f"{REDIS_PREFIX}sandbox:config"
+
+
+def sandbox_messages_key() -> str:
+    return f"{REDIS_PREFIX}sandbox:messages"
+
+
+def sandbox_by_notification_key(notification_id: str) -> str:
+    return f"{REDIS_PREFIX}sandbox:sent:{notification_id}"

@@ -1,0 +1,1 @@
+"""SQLAlchemy models, engine factory and Alembic migrations (SQLite and PostgreSQL)."""

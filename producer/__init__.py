@@ -1,0 +1,1 @@
+"""The send API (FastAPI): auth, validation, idempotency, durable accept, the outbox relay."""

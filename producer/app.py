@@ -1,0 +1,103 @@
+"""The FastAPI application: wiring, lifespan and error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from config.settings import Settings
+from dlq.api import router as dlq_router
+from herald.logs import get_logger
+from herald.resources import Resources
+from producer.accept import AcceptService
+from producer.auth import KeyStore
+from producer.limits import BodySizeLimit
+from producer.outbox import Outbox
+from producer.problems import (
+    Problem,
+    on_http_error,
+    on_problem,
+    on_validation_error,
+    problem_response,
+)
+from producer.routes_health import router as health_router
+from producer.routes_notifications import router as notifications_router
+from producer.routes_sandbox import router as sandbox_router
+from providers.sandbox import SandboxStore
+from router.rules import load_rules_file
+
+log = get_logger(__name__)
+
+BOOTSTRAP_KEY_NAME = "bootstrap"
+
+
+async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database_unavailable", path=request.url.path, error=repr(exc))
+    problem = Problem(
+        503,
+        "Service unavailable",
+        "the database is unavailable; nothing was accepted, retry later",
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(problem, request.url.path)
+
+
+def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = await Resources.open(settings, name="herald-api")
+        assert resources.publisher is not None
+        outbox = Outbox(resources.sessions, resources.publisher, settings)
+        outbox.start(relay=run_relay)
+        keys = KeyStore(resources.sessions)
+        if settings.bootstrap_api_key is not None:
+            await keys.ensure(
+                BOOTSTRAP_KEY_NAME, settings.bootstrap_api_key.get_secret_value(), ["admin"]
+            )
+        rules = load_rules_file(settings.routing_file)
+        state = app.state
+        state.settings = settings
+        state.resources = resources
+        state.engine = resources.engine
+        state.sessions = resources.sessions
+        state.redis = resources.redis
+        state.publisher = resources.publisher
+        state.keys = keys
+        state.outbox = outbox
+        state.accept = AcceptService(resources.sessions, resources.redis, outbox, settings)
+        state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
+        state.sandbox_providers = {n for n, p in rules.providers.items() if p.type == "sandbox"}
+        try:
+            yield
+        finally:
+            await outbox.stop()
+            await resources.close()
+
+    app = FastAPI(
+        title="Herald",
+        version="0.1.0",
+        description="Notification and OTP delivery: send API, dead letters, sandbox providers.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for db_error in (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        ConnectionRefusedError,
+    ):
+        app.add_exception_handler(db_error, on_database_down)
+    app.include_router(health_router)
+    app.include_router(notifications_router)
+    app.include_router(dlq_router)
+    app.include_router(sandbox_router)
+    return app

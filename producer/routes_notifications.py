@@ -1,0 +1,97 @@
+"""``POST /v1/notifications`` and ``GET /v1/notifications/{id}``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from herald import metrics
+from herald.domain import utcnow
+from herald.storage.models import Attempt, Notification
+from producer.accept import AcceptService, request_fingerprint
+from producer.auth import Principal
+from producer.deps import require
+from producer.problems import Problem
+from producer.validation import Limits, SendRequest, check_idempotency_key, validate_send
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+
+
+@router.post("", status_code=202)
+async def send_notification(
+    request: Request,
+    payload: SendRequest,
+    principal: Annotated[Principal, Depends(require("send"))],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Accept a notification for delivery. A ``202`` means it is stored durably."""
+    started = time.perf_counter()
+    settings = request.app.state.settings
+    key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
+    valid = validate_send(
+        payload, Limits(settings.max_body_chars, settings.max_metadata_bytes), utcnow()
+    )
+    fingerprint = request_fingerprint(payload.model_dump(mode="json")) if key else None
+    service: AcceptService = request.app.state.accept
+    accepted = await service.accept(principal, valid, idempotency_key=key, fingerprint=fingerprint)
+    headers = {"Location": f"/v1/notifications/{accepted.id}"}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    return JSONResponse(
+        {"id": accepted.id, "status": accepted.status}, status_code=202, headers=headers
+    )
+
+
+@router.get("/{notification_id}")
+async def get_notification(
+    request: Request,
+    notification_id: str,
+    principal: Annotated[Principal, Depends(require("send"))],
+) -> dict[str, Any]:
+    """Status, timestamps and every delivery attempt of one notification."""
+    async with request.app.state.sessions() as session:
+        row = await session.get(Notification, notification_id)
+        if row is None or (row.api_key_id != principal.id and not principal.allows("admin")):
+            raise Problem(404, "Not found", f"no notification {notification_id}")
+        attempts = (
+            (
+                await session.execute(
+                    select(Attempt)
+                    .where(Attempt.notification_id == notification_id)
+                    .order_by(Attempt.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return {
+        "id": row.id,
+        "status": row.status,
+        "channel": row.channel,
+        "category": row.category,
+        "priority": row.priority,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "send_at": row.send_at.isoformat() if row.send_at else None,
+        "generation": row.generation,
+        "last_error": row.last_error,
+        "last_error_code": row.last_error_code,
+        "attempts": [
+            {
+                "attempt": a.attempt_no,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "error": a.error,
+                "error_code": a.error_code,
+                "started_at": a.started_at.isoformat(),
+                "latency_ms": a.latency_ms,
+            }
+            for a in attempts
+        ],
+    }

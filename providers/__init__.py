@@ -1,0 +1,1 @@
+"""Vendor adapters behind one small interface (see ``providers.base``)."""

@@ -1,0 +1,1 @@
+"""Rule matching and candidate ordering (pure); health and breakers come on top."""

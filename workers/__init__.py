@@ -1,0 +1,1 @@
+"""Stateless consumers: claim, route, send, record, then ack in one place."""

@@ -1,0 +1,38 @@
+"""Retry delays: exponential backoff with full jitter, snapped onto fixed-TTL retry queues."""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Callable, Sequence
+
+from config.settings import BackoffPolicy
+
+
+def backoff_ceiling(attempt: int, policy: BackoffPolicy) -> float:
+    """The largest delay allowed after failed attempt number ``attempt`` (1-based)."""
+    return min(policy.cap_s, policy.base_s * policy.factor ** max(attempt - 1, 0))
+
+
+def backoff_delay(
+    attempt: int,
+    policy: BackoffPolicy,
+    *,
+    rand: Callable[[], float] = random.random,
+    retry_after: float | None = None,
+) -> float:
+    """Full jitter (uniform in [0, ceiling]), never sooner than the vendor's ``Retry-After``."""
+    delay = rand() * backoff_ceiling(attempt, policy)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.cap_s))
+    return delay
+
+
+def retry_bucket_ms(delay_s: float, buckets_ms: Sequence[int]) -> int:
+    """The retry queue to use: the largest bucket not above the delay (the smallest at least).
+
+    Rounding down keeps the jitter's spread and never waits longer than the policy asked.
+    """
+    ordered = sorted(buckets_ms)
+    index = bisect.bisect_right(ordered, delay_s * 1000) - 1
+    return ordered[max(index, 0)]

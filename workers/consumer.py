@@ -1,0 +1,88 @@
+"""The consumer: one channel per queue (its own prefetch), acks applied in one place.
+
+``high`` queues have their own channels and consumers, so OTPs never wait behind a
+marketing backlog. SIGTERM stops consuming, lets in-flight deliveries finish, exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from herald import names
+from herald.domain import Priority
+from herald.logs import get_logger
+from workers.delivery import Delivery, Disposition
+
+log = get_logger(__name__)
+
+
+async def apply_disposition(message: AbstractIncomingMessage, disposition: Disposition) -> None:
+    """The only place where a work message is acked or put back."""
+    if disposition is Disposition.ACK:
+        await message.ack()
+    else:
+        await message.nack(requeue=True)
+
+
+class Consumer:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        delivery: Delivery,
+        *,
+        queues: Iterable[str],
+        prefetch: int,
+        high_prefetch: int,
+    ) -> None:
+        self.connection = connection
+        self.delivery = delivery
+        self.queue_names = list(queues)
+        self.prefetch = prefetch
+        self.high_prefetch = high_prefetch
+        self._consuming: list[tuple[AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        for queue_name in self.queue_names:
+            high = queue_name.endswith(f".{Priority.HIGH}")
+            channel = await self.connection.channel()
+            await channel.set_qos(prefetch_count=self.high_prefetch if high else self.prefetch)
+            queue = await channel.get_queue(queue_name, ensure=False)
+            tag = await queue.consume(self._on_message, no_ack=False)
+            self._consuming.append((queue, tag))
+        log.info("worker_consuming", queues=self.queue_names)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)  # type: ignore[arg-type]
+        self._idle.clear()
+        try:
+            try:
+                disposition = await self.delivery.handle(message.body)
+            except Exception:
+                notification_id = (message.headers or {}).get(names.HEADER_NOTIFICATION_ID)
+                log.exception("delivery_crashed", notification_id=str(notification_id))
+                disposition = Disposition.REQUEUE
+            await apply_disposition(message, disposition)
+        finally:
+            self._in_flight.discard(task)  # type: ignore[arg-type]
+            if not self._in_flight:
+                self._idle.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking messages, then wait (bounded) for the ones in hand."""
+        for queue, tag in self._consuming:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consuming.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("shutdown_grace_exceeded", in_flight=len(self._in_flight))

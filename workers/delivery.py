@@ -1,0 +1,391 @@
+"""One delivery: decide, send, record. Returns what to do with the message; never acks.
+
+Order of work for each message (see docs/guarantees.md for why):
+expiry → claim → database check (+ attempt row ``sending``) → provider call → record →
+retry / dead-letter publish → the caller acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from redis.exceptions import RedisError
+
+from config.settings import Settings
+from herald import metrics, names
+from herald.broker import BROKER_ERRORS, Publisher
+from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Status, utcnow
+from herald.errors import PermanentProviderError, TransientProviderError
+from herald.logs import get_logger
+from providers.base import Provider, Receipt
+from router.rules import RoutingRules
+from router.select import candidates
+from workers.backoff import backoff_delay, retry_bucket_ms
+from workers.claims import ClaimResult, Claims
+from workers.events import EventPublisher
+from workers.store import DeliveryStore, Interrupted, Skip
+
+log = get_logger(__name__)
+
+#: Failures of our own backing services: the message is put back, not charged an attempt.
+INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DBAPIError,
+    ConnectionError,
+    OSError,
+)
+
+
+class Disposition(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+@dataclass(slots=True)
+class DeliveryContext:
+    settings: Settings
+    store: DeliveryStore
+    claims: Claims
+    publisher: Publisher
+    events: EventPublisher
+    providers: Mapping[str, Provider]
+    rules: Callable[[], RoutingRules]
+
+
+class Delivery:
+    def __init__(self, ctx: DeliveryContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+
+    async def handle(self, raw: bytes) -> Disposition:
+        message = Envelope.from_bytes(raw)
+        try:
+            return await self._deliver(message, raw)
+        except INFRA_ERRORS as exc:
+            log.warning("delivery_infra_error", notification_id=message.id, error=repr(exc))
+            return await self._defer(message, raw, reason="infrastructure")
+
+    async def _deliver(self, message: Envelope, raw: bytes) -> Disposition:
+        ctx = self.ctx
+        now = utcnow()
+        if message.is_expired(now):
+            return await self._expire(message, raw)
+
+        claim = await ctx.claims.acquire(message.id, message.generation)
+        if claim is ClaimResult.DONE:
+            metrics.DUPLICATES_SKIPPED.labels("already_sent").inc()
+            return Disposition.ACK
+        if claim is ClaimResult.HELD:
+            # Another worker holds the lease; if it died, the lease runs out and this copy
+            # (or its own redelivered one) takes over.
+            metrics.DUPLICATES_SKIPPED.labels("in_flight").inc()
+            return await self._defer(message, raw, reason="claimed_elsewhere")
+
+        try:
+            return await self._deliver_claimed(message, raw, now)
+        except BaseException:
+            await self._release_quietly(message)
+            raise
+
+    async def _deliver_claimed(self, message: Envelope, raw: bytes, now) -> Disposition:  # type: ignore[no-untyped-def]
+        ctx = self.ctx
+        rules = ctx.rules()
+        ordered = [c for c in candidates(rules, message) if c.provider in ctx.providers]
+        if not ordered:
+            await ctx.store.set_status(
+                message.id,
+                Status.FAILED,
+                now,
+                error="no provider configured for this message",
+                error_code="no_route",
+                only_if_not_terminal=True,
+            )
+            await ctx.claims.release(message.id, message.generation)
+            return await self._dead_letter(
+                message,
+                raw,
+                DeadLetterReason.NO_ROUTE,
+                "no provider configured",
+                "no_route",
+                None,
+                0,
+                Status.FAILED,
+            )
+        provider = ctx.providers[ordered[0].provider]
+
+        begun = await ctx.store.begin(message.id, message.generation, provider.name, now)
+        if isinstance(begun, Skip):
+            return await self._skip(message, raw, begun)
+        if isinstance(begun, Interrupted):
+            reconciled = await self._reconcile(message, begun)
+            if reconciled:
+                return Disposition.ACK
+            attempt_no = begun.pending.attempt_no
+            attempt_id = await ctx.store.start_attempt(
+                message.id, message.generation, attempt_no, provider.name, utcnow()
+            )
+        else:
+            attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
+
+        return await self._send(message, raw, provider, attempt_id, attempt_no)
+
+    async def _send(
+        self, message: Envelope, raw: bytes, provider: Provider, attempt_id: int, attempt_no: int
+    ) -> Disposition:
+        ctx = self.ctx
+        labels = (message.channel.value, message.category.value, provider.name)
+        started = time.perf_counter()
+        try:
+            receipt = await asyncio.wait_for(
+                provider.send(message), timeout=self.settings.provider_timeout_s
+            )
+        except PermanentProviderError as exc:
+            latency = _ms_since(started)
+            error = str(exc)
+            await ctx.store.finish(
+                notification_id=message.id,
+                attempt_id=attempt_id,
+                outcome=AttemptOutcome.PERMANENT_ERROR,
+                status=Status.FAILED,
+                now=utcnow(),
+                latency_ms=latency,
+                error=error,
+                error_code=exc.code,
+            )
+            metrics.FAILED.labels(*labels).inc()
+            await ctx.claims.release(message.id, message.generation)
+            log.info(
+                "send_failed", notification_id=message.id, provider=provider.name, code=exc.code
+            )
+            return await self._dead_letter(
+                message,
+                raw,
+                DeadLetterReason.PERMANENT_ERROR,
+                error,
+                exc.code,
+                provider.name,
+                attempt_no,
+                Status.FAILED,
+            )
+        except (TransientProviderError, TimeoutError) as exc:
+            latency = _ms_since(started)
+            code = exc.code if isinstance(exc, TransientProviderError) else "timeout"
+            retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
+            error = str(exc) or "provider call timed out"
+            policy = self.settings.backoff_for(message.category.value)
+            exhausted = attempt_no >= policy.max_attempts
+            status = Status.DEAD_LETTERED if exhausted else Status.RETRY_SCHEDULED
+            await ctx.store.finish(
+                notification_id=message.id,
+                attempt_id=attempt_id,
+                outcome=AttemptOutcome.TRANSIENT_ERROR,
+                status=status,
+                now=utcnow(),
+                latency_ms=latency,
+                error=error,
+                error_code=code,
+            )
+            await ctx.claims.release(message.id, message.generation)
+            if exhausted:
+                return await self._dead_letter(
+                    message,
+                    raw,
+                    DeadLetterReason.EXHAUSTED,
+                    error,
+                    code,
+                    provider.name,
+                    attempt_no,
+                    Status.DEAD_LETTERED,
+                )
+            metrics.RETRIED.labels(*labels).inc()
+            delay = backoff_delay(attempt_no, policy, retry_after=retry_after)
+            return await self._schedule_retry(message, raw, delay)
+        else:
+            metrics.PROVIDER_LATENCY.labels(provider.name).observe(time.perf_counter() - started)
+            await self._record_sent(message, attempt_id, receipt, _ms_since(started))
+            metrics.SENT.labels(*labels).inc()
+            return Disposition.ACK
+
+    async def _record_sent(
+        self,
+        message: Envelope,
+        attempt_id: int,
+        receipt: Receipt,
+        latency_ms: float | None,
+        outcome: AttemptOutcome = AttemptOutcome.SENT,
+    ) -> None:
+        ctx = self.ctx
+        await ctx.store.finish(
+            notification_id=message.id,
+            attempt_id=attempt_id,
+            outcome=outcome,
+            status=Status.SENT,
+            now=utcnow(),
+            latency_ms=latency_ms,
+            vendor_message_id=receipt.vendor_message_id,
+        )
+        await ctx.claims.mark_done(message.id, message.generation)
+        await ctx.events.publish("sent", message, provider=receipt.provider)
+
+    async def _reconcile(self, message: Envelope, interrupted: Interrupted) -> bool:
+        """A previous worker died mid-send: ask the vendor before sending again."""
+        ctx = self.ctx
+        pending = interrupted.pending
+        provider = ctx.providers.get(pending.provider)
+        receipt = await provider.lookup(message) if provider is not None else None
+        if receipt is not None:
+            log.info("send_reconciled", notification_id=message.id, provider=pending.provider)
+            await self._record_sent(message, pending.id, receipt, None, AttemptOutcome.RECONCILED)
+            return True
+        await ctx.store.finish(
+            notification_id=message.id,
+            attempt_id=pending.id,
+            outcome=AttemptOutcome.UNKNOWN,
+            status=Status.SENDING,
+            now=utcnow(),
+            latency_ms=None,
+            error="worker stopped during the provider call; vendor has no record",
+            error_code="interrupted",
+        )
+        return False
+
+    async def _skip(self, message: Envelope, raw: bytes, skip: Skip) -> Disposition:
+        ctx = self.ctx
+        metrics.DUPLICATES_SKIPPED.labels(skip.reason).inc()
+        if skip.status is Status.SENT or skip.status is Status.DELIVERED:
+            await ctx.claims.mark_done(message.id, message.generation)
+        else:
+            await ctx.claims.release(message.id, message.generation)
+        if (
+            skip.status in (Status.FAILED, Status.DEAD_LETTERED, Status.EXPIRED)
+            and skip.reason == "terminal"
+        ):
+            # We may have died after recording the outcome but before the dead-letter
+            # publish: publish again (the ingester ignores a duplicate).
+            details = await ctx.store.dead_letter_details(message.id) or {}
+            reason = {
+                Status.FAILED: DeadLetterReason.PERMANENT_ERROR,
+                Status.DEAD_LETTERED: DeadLetterReason.EXHAUSTED,
+                Status.EXPIRED: DeadLetterReason.EXPIRED,
+            }[skip.status]
+            if details.get("last_error_code") == "no_route":
+                reason = DeadLetterReason.NO_ROUTE
+            return await self._publish_dead_letter(
+                message,
+                raw,
+                reason,
+                _str(details.get("last_error")),
+                _str(details.get("last_error_code")),
+                _str(details.get("last_provider")),
+                int(details.get("attempt_count") or 0),  # type: ignore[call-overload]
+            )
+        return Disposition.ACK
+
+    async def _expire(self, message: Envelope, raw: bytes) -> Disposition:
+        changed = await self.ctx.store.set_status(
+            message.id,
+            Status.EXPIRED,
+            utcnow(),
+            error="expired before it could be sent",
+            error_code="expired",
+            only_if_not_terminal=True,
+        )
+        if not changed:
+            return Disposition.ACK  # already terminal (sent, or expired before)
+        details = await self.ctx.store.dead_letter_details(message.id) or {}
+        return await self._dead_letter(
+            message,
+            raw,
+            DeadLetterReason.EXPIRED,
+            "expired before it could be sent",
+            "expired",
+            _str(details.get("last_provider")),
+            int(details.get("attempt_count") or 0),  # type: ignore[call-overload]
+            Status.EXPIRED,
+        )
+
+    async def _dead_letter(
+        self,
+        message: Envelope,
+        raw: bytes,
+        reason: DeadLetterReason,
+        error: str | None,
+        code: str | None,
+        provider: str | None,
+        attempts: int,
+        status: Status,
+    ) -> Disposition:
+        metrics.DEAD_LETTERED.labels(
+            message.channel.value, message.category.value, reason.value
+        ).inc()
+        await self.ctx.events.publish(status.value, message, reason=reason.value, error_code=code)
+        return await self._publish_dead_letter(
+            message, raw, reason, error, code, provider, attempts
+        )
+
+    async def _publish_dead_letter(
+        self,
+        message: Envelope,
+        raw: bytes,
+        reason: DeadLetterReason,
+        error: str | None,
+        code: str | None,
+        provider: str | None,
+        attempts: int,
+    ) -> Disposition:
+        headers = {
+            names.HEADER_DLQ_REASON: reason.value,
+            "x-herald-error": (error or "")[:1000],
+            "x-herald-error-code": code or "",
+            "x-herald-provider": provider or "",
+            "x-herald-attempts": attempts,
+        }
+        try:
+            await self.ctx.publisher.publish(
+                names.DLX, "", raw, notification_id=message.id, headers=headers
+            )
+        except BROKER_ERRORS as exc:
+            log.warning("dead_letter_publish_failed", notification_id=message.id, error=repr(exc))
+            return Disposition.REQUEUE
+        return Disposition.ACK
+
+    async def _schedule_retry(self, message: Envelope, raw: bytes, delay_s: float) -> Disposition:
+        bucket = retry_bucket_ms(delay_s, self.settings.retry_buckets_ms)
+        try:
+            await self.ctx.publisher.publish(
+                names.RETRY_EXCHANGE,
+                message.routing_key,
+                raw,
+                notification_id=message.id,
+                headers={names.HEADER_RETRY_BUCKET: bucket},
+            )
+        except BROKER_ERRORS as exc:
+            log.warning("retry_publish_failed", notification_id=message.id, error=repr(exc))
+            return Disposition.REQUEUE
+        return Disposition.ACK
+
+    async def _defer(self, message: Envelope, raw: bytes, *, reason: str) -> Disposition:
+        """Try again shortly without charging an attempt (claimed elsewhere, infra trouble)."""
+        log.debug("delivery_deferred", notification_id=message.id, reason=reason)
+        return await self._schedule_retry(message, raw, self.settings.retry_buckets_ms[0] / 1000)
+
+    async def _release_quietly(self, message: Envelope) -> None:
+        try:
+            await self.ctx.claims.release(message.id, message.generation)
+        except RedisError:
+            pass  # the lease runs out by itself
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
