@@ -29,6 +29,7 @@ class BackoffPolicy(BaseModel):
     factor: float = Field(2.0, ge=1)
     cap_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(8, ge=1)
+    jitter: bool = True
 
 
 class Settings(BaseSettings):

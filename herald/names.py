@@ -12,7 +12,8 @@ EVENTS_EXCHANGE = "herald.events"
 
 HEADER_NOTIFICATION_ID = "x-herald-notification-id"
 HEADER_ATTEMPT = "x-herald-attempt"
-HEADER_RETRY_BUCKET = "x-herald-delay-ms"
+# Not "x-…": RabbitMQ's headers exchange ignores x- headers when matching.
+HEADER_RETRY_BUCKET = "herald-delay-ms"
 HEADER_DLQ_REASON = "x-herald-reason"
 
 

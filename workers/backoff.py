@@ -21,8 +21,12 @@ def backoff_delay(
     rand: Callable[[], float] = random.random,
     retry_after: float | None = None,
 ) -> float:
-    """Full jitter (uniform in [0, ceiling]), never sooner than the vendor's ``Retry-After``."""
-    delay = rand() * backoff_ceiling(attempt, policy)
+    """Full jitter (uniform in [0, ceiling]), never sooner than the vendor's ``Retry-After``.
+
+    ``jitter=False`` gives the bare exponential schedule (predictable, for tests and demos).
+    """
+    ceiling = backoff_ceiling(attempt, policy)
+    delay = rand() * ceiling if policy.jitter else ceiling
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.cap_s))
     return delay

@@ -1,0 +1,38 @@
+# Everything a person runs. The first target that needs it creates .venv and installs
+# the project (editable, with dev tools) into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HERALD_BOOTSTRAP_API_KEY ?= dev-admin-key
+export HERALD_BOOTSTRAP_API_KEY
+
+.PHONY: run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## herald dev: API on :8000, workers, relay, DLQ ingester (SQLite by default)
+	@echo "Herald dev: http://127.0.0.1:8000/docs   API key: $$HERALD_BOOTSTRAP_API_KEY"
+	$(BIN)/herald dev
+
+test: $(STAMP)  ## the whole suite against the local RabbitMQ, Redis and PostgreSQL
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)  ## benchmarks with their baselines, printed as a table
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache herald.db herald.db-*

@@ -1,0 +1,88 @@
+"""Fixtures: a clean database per test (SQLite and PostgreSQL), the test vhost, stacks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from herald.storage.db import make_engine
+from herald.storage.migrate import downgrade, upgrade
+from herald.storage.models import Base
+from tests.support.stack import Stack, running_stack, test_settings
+
+TEST_PG_URL = os.environ.get(
+    "HERALD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_test_vhost() -> None:
+    """Tests use their own vhost, so a running `herald dev` is never disturbed."""
+    vhost = os.environ.get("HERALD_TEST_AMQP_URL", "/herald_test").rsplit("/", 1)[-1]
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], capture_output=True, check=False)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        capture_output=True,
+        check=True,
+    )
+
+
+def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking set-up (Alembic runs its own event loop) away from the test loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> str:
+    in_thread(downgrade, TEST_PG_URL, "base")
+    in_thread(upgrade, TEST_PG_URL)
+    return TEST_PG_URL
+
+
+async def _truncate(url: str) -> None:
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/herald.db"
+        in_thread(upgrade, url)
+        return url
+    url: str = request.getfixturevalue("postgres_schema")
+    in_thread(asyncio.run, _truncate(url))
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path}/herald.db"
+    in_thread(upgrade, url)
+    return url
+
+
+@pytest.fixture
+async def stack(database_url: str) -> AsyncIterator[Stack]:
+    async with running_stack(test_settings(database_url)) as s:
+        yield s
+
+
+@pytest.fixture
+def settings_for(database_url: str):  # type: ignore[no-untyped-def]
+    def make(**overrides: Any) -> dict[str, Any]:
+        return test_settings(database_url, **overrides)
+
+    return make

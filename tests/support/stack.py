@@ -1,0 +1,280 @@
+"""A real Herald stack for tests: API (uvicorn), workers and ingester in this event loop,
+or ``herald worker`` subprocesses; talking to the real RabbitMQ, Redis and database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from config.settings import Settings
+from dlq.ingester import DeadLetterIngester
+from herald import names
+from herald.resources import Resources, topology_for
+from herald.service import _api_server
+from herald.storage.db import make_engine, make_session_factory
+from herald.storage.models import DeadLetter, Notification, OutboxEntry
+from workers.consumer import Consumer
+from workers.runtime import build_consumer
+
+ADMIN_KEY = "test-admin-key"
+TEST_AMQP_URL = os.environ.get(
+    "HERALD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/herald_test"
+)
+TEST_REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+FAST_BACKOFF = {"base_s": 0.1, "factor": 2, "cap_s": 0.8, "max_attempts": 4}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "amqp_url": TEST_AMQP_URL,
+        "redis_url": TEST_REDIS_URL,
+        "api_port": free_port(),
+        "bootstrap_api_key": ADMIN_KEY,
+        "retry_buckets_ms": [100, 200, 400, 800],
+        "backoff": {c: FAST_BACKOFF for c in ("otp", "transactional", "marketing")},
+        "claim_lease_s": 3,
+        "outbox_relay_after_s": 1,
+        "outbox_relay_interval_s": 0.2,
+        "provider_timeout_s": 3,
+        "shutdown_grace_s": 10,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return values
+
+
+def as_env(values: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    for key, value in values.items():
+        env[f"HERALD_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+async def reset_broker(settings: Settings) -> None:
+    """Declare the topology and empty every queue of the test vhost."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await topology_for(settings).declare(channel)
+        queue_names = [
+            *names.all_work_queues(),
+            names.DLQ,
+            *(names.retry_queue(ms) for ms in settings.retry_buckets_ms),
+        ]
+        for name in queue_names:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.purge()
+
+
+async def queue_depths(settings: Settings) -> dict[str, int]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        depths = {}
+        for name in [*names.all_work_queues(), names.DLQ]:
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
+
+class WorkerProcess:
+    """``herald worker`` in a child process, so a test can SIGKILL or SIGTERM it."""
+
+    def __init__(self, values: dict[str, Any], log_path: Path) -> None:
+        self.values = values
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        herald = Path(sys.executable).with_name("herald")
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(herald), "worker"], env=as_env(self.values), stdout=self._log, stderr=self._log
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+class Stack:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.settings = Settings(**values)
+        self.url = f"http://127.0.0.1:{self.settings.api_port}"
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=15
+        )
+        self.redis = Redis.from_url(self.settings.redis_url)
+        self.engine = make_engine(self.settings.database_url)
+        self.sessions = make_session_factory(self.engine)
+        self._server: Any = None
+        self._serving: asyncio.Task[None] | None = None
+        self._workers: list[tuple[Resources, Consumer, DeadLetterIngester]] = []
+
+    async def start_api(self, *, run_relay: bool = True) -> None:
+        self._server = _api_server(self.settings, run_relay=run_relay)
+        self._serving = asyncio.create_task(self._server.serve())
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError("API did not start")
+            await asyncio.sleep(0.05)
+
+    async def stop_api(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            assert self._serving is not None
+            await self._serving
+            self._server = None
+
+    async def start_worker(self) -> Consumer:
+        resources = await Resources.open(self.settings, name="herald-test-worker")
+        consumer, _ = await build_consumer(resources, names.all_work_queues())
+        assert resources.amqp is not None
+        ingester = DeadLetterIngester(resources.amqp, resources.sessions)
+        await consumer.start()
+        await ingester.start()
+        self._workers.append((resources, consumer, ingester))
+        return consumer
+
+    async def stop_workers(self) -> None:
+        for resources, consumer, ingester in self._workers:
+            await consumer.stop(10)
+            await ingester.stop()
+            await resources.close()
+        self._workers.clear()
+
+    async def close(self) -> None:
+        await self.stop_workers()
+        await self.stop_api()
+        await self.client.aclose()
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    # -- helpers a test reads like prose ------------------------------------------------
+
+    async def send(self, **payload: Any) -> httpx.Response:
+        headers = payload.pop("headers", None)
+        return await self.client.post("/v1/notifications", json=payload, headers=headers)
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/notifications/{notification_id}")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    async def wait_status(
+        self, notification_id: str, *statuses: str, timeout: float = 20
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = await self.notification(notification_id)
+            if body["status"] in statuses:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{notification_id} stuck in {body['status']}: {body}")
+            await asyncio.sleep(0.05)
+
+    async def wait_all_terminal(self, ids: list[str], timeout: float = 60) -> dict[str, str]:
+        terminal = ("sent", "failed", "dead_lettered", "expired")
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = await self.statuses(ids)
+            if all(s in terminal for s in statuses.values()):
+                return statuses
+            if time.monotonic() > deadline:
+                stuck = {i: s for i, s in statuses.items() if s not in terminal}
+                raise AssertionError(f"{len(stuck)} not terminal: {list(stuck.items())[:5]}")
+            await asyncio.sleep(0.2)
+
+    async def statuses(self, ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        async with self.sessions() as session:
+            for start in range(0, len(ids), 500):
+                rows = await session.execute(
+                    select(Notification.id, Notification.status).where(
+                        Notification.id.in_(ids[start : start + 500])
+                    )
+                )
+                out.update({r.id: r.status for r in rows})
+        return out
+
+    async def sandbox(self, notification_id: str) -> list[dict[str, Any]]:
+        response = await self.client.get(
+            "/v1/sandbox/messages", params={"notification_id": notification_id}
+        )
+        response.raise_for_status()
+        return response.json()["items"]  # type: ignore[no-any-return]
+
+    async def set_sandbox(self, provider: str, mode: str, **extra: Any) -> None:
+        response = await self.client.put(
+            f"/v1/sandbox/providers/{provider}", json={"mode": mode, **extra}
+        )
+        response.raise_for_status()
+
+    async def count(self, model: Any) -> int:
+        async with self.sessions() as session:
+            return int(
+                (await session.execute(select(func.count()).select_from(model))).scalar_one()
+            )
+
+    async def nothing_stored_or_queued(self) -> bool:
+        depths = await queue_depths(self.settings)
+        return (
+            await self.count(Notification) == 0
+            and await self.count(OutboxEntry) == 0
+            and not any(depths.values())
+        )
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        async with self.sessions() as session:
+            return list((await session.execute(select(DeadLetter))).scalars())
+
+
+@contextlib.asynccontextmanager
+async def running_stack(values: dict[str, Any], *, workers: int = 1, api: bool = True):  # type: ignore[no-untyped-def]
+    stack = Stack(values)
+    await reset_broker(stack.settings)
+    await stack.redis.flushdb()
+    try:
+        if api:
+            await stack.start_api()
+        for _ in range(workers):
+            await stack.start_worker()
+        yield stack
+    finally:
+        await stack.close()
