@@ -48,6 +48,23 @@ async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, request.url.path)
 
 
+#: What a lost or refused database connection raises (asyncpg may surface a bare
+#: ConnectionResetError before SQLAlchemy can wrap it).
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    ConnectionError,
+)
+
+
+async def on_dbapi_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sqlalchemy.exc.DBAPIError)
+    if exc.connection_invalidated:
+        return await on_database_down(request, exc)
+    raise exc
+
+
 def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,13 +106,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for db_error in (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.TimeoutError,
-        ConnectionRefusedError,
-    ):
+    for db_error in DATABASE_DOWN:
         app.add_exception_handler(db_error, on_database_down)
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, on_dbapi_error)
     app.include_router(health_router)
     app.include_router(notifications_router)
     app.include_router(dlq_router)

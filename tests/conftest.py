@@ -16,7 +16,7 @@ from sqlalchemy import text
 from herald.storage.db import make_engine
 from herald.storage.migrate import downgrade, upgrade
 from herald.storage.models import Base
-from tests.support.stack import Stack, running_stack, test_settings
+from tests.support.stack import Stack, running_stack, stack_settings
 
 TEST_PG_URL = os.environ.get(
     "HERALD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -76,13 +76,13 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def stack(database_url: str) -> AsyncIterator[Stack]:
-    async with running_stack(test_settings(database_url)) as s:
+    async with running_stack(stack_settings(database_url)) as s:
         yield s
 
 
 @pytest.fixture
 def settings_for(database_url: str):  # type: ignore[no-untyped-def]
     def make(**overrides: Any) -> dict[str, Any]:
-        return test_settings(database_url, **overrides)
+        return stack_settings(database_url, **overrides)
 
     return make
