@@ -67,7 +67,7 @@ class Outbox:
                 names.EXCHANGE, routing_key, payload, notification_id=notification_id
             )
         except BROKER_ERRORS as exc:
-            log.info("publish_deferred_to_relay", notification_id=notification_id, error=repr(exc))
+            log.debug("publish_deferred_to_relay", notification_id=notification_id, error=repr(exc))
             return False
         self._confirmed.append((entry_id, notification_id))
         if len(self._confirmed) >= 200:

@@ -163,8 +163,9 @@ class Stack:
             await self._serving
             self._server = None
 
-    async def start_worker(self) -> Consumer:
-        resources = await Resources.open(self.settings, name="herald-test-worker")
+    async def start_worker(self, **overrides: Any) -> Consumer:
+        settings = Settings(**{**self.values, **overrides})
+        resources = await Resources.open(settings, name="herald-test-worker")
         consumer, _ = await build_consumer(resources, names.all_work_queues())
         assert resources.amqp is not None
         ingester = DeadLetterIngester(resources.amqp, resources.sessions)
@@ -233,6 +234,14 @@ class Stack:
                 )
                 out.update({r.id: r.status for r in rows})
         return out
+
+    async def sandbox_copies(self, ids: list[str]) -> dict[str, int]:
+        """How many times the sandbox received each notification (1 is right)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for nid in ids:
+                pipe.llen(names.sandbox_by_notification_key(nid))
+            counts = await pipe.execute()
+        return dict(zip(ids, counts, strict=True))
 
     async def sandbox(self, notification_id: str) -> list[dict[str, Any]]:
         response = await self.client.get(

@@ -1,0 +1,109 @@
+"""Fault tests: cut RabbitMQ, kill and stop workers, then count what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import Stack, WorkerProcess, running_stack
+from tests.support.tcpproxy import TcpProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+SMS = {"channel": "sms", "to": "+447911123456", "category": "transactional", "body": "Hi"}
+
+
+async def send_many(stack: Stack, count: int, *, chunk: int = 50) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, count, chunk):
+        responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(min(chunk, count - start))))
+        assert {r.status_code for r in responses} == {202}, [r.text for r in responses if r.status_code != 202]
+        ids.extend(r.json()["id"] for r in responses)
+    return ids
+
+
+async def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals(settings_for) -> None:
+    values = settings_for()
+    host, port = "127.0.0.1", 5672
+    proxy = await TcpProxy(host, port).start()
+    try:
+        api_values = {**values, "amqp_url": values["amqp_url"].replace(f"{host}:{port}", f"{host}:{proxy.port}")}
+        async with running_stack(api_values, workers=0) as stack:
+            await stack.start_worker(amqp_url=values["amqp_url"])
+            proxy.cut()
+            await asyncio.sleep(0.2)
+            ids = await send_many(stack, 40)  # every one a 202 with the broker out of reach
+            await asyncio.sleep(1.5)
+            assert set((await stack.statuses(ids)).values()) == {"accepted"}
+            proxy.heal()
+            statuses = await stack.wait_all_terminal(ids, timeout=60)
+            assert set(statuses.values()) == {"sent"}
+            copies = await stack.sandbox_copies(ids)
+            assert sorted(set(copies.values())) == [1], "each message delivered exactly once"
+    finally:
+        await proxy.stop()
+
+
+async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(settings_for, tmp_path: Path) -> None:
+    values = settings_for(worker_prefetch=100)
+    async with running_stack(values, workers=0) as stack:
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=20)
+        first = WorkerProcess(values, tmp_path / "worker-1.log").start()
+        second = WorkerProcess(values, tmp_path / "worker-2.log")
+        try:
+            ids = await send_many(stack, 500)
+
+            async def some_sent() -> bool:
+                return list((await stack.statuses(ids)).values()).count("sent") >= 100
+
+            await wait_until(some_sent, timeout=60)
+            first.kill()  # SIGKILL with up to 100 messages in flight
+            in_flight = list((await stack.statuses(ids)).values()).count("sending")
+            second.start()
+            statuses = await stack.wait_all_terminal(ids, timeout=120)
+            copies = await stack.sandbox_copies(ids)
+        finally:
+            first.close()
+            second.close()
+    twice = sum(1 for c in copies.values() if c > 1)
+    print(f"\nSIGKILL test: {in_flight} in 'sending' at the kill, {twice} of 500 received twice")
+    assert set(statuses.values()) == {"sent"}
+    assert all(c >= 1 for c in copies.values()), "every message reached the sandbox"
+    assert twice == 0
+
+
+async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp_path: Path) -> None:
+    values = settings_for(worker_prefetch=10)
+    async with running_stack(values, workers=0) as stack:
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=300)
+        worker = WorkerProcess(values, tmp_path / "worker.log").start()
+        try:
+            ids = await send_many(stack, 40)
+
+            async def sending() -> bool:
+                return "sending" in (await stack.statuses(ids)).values()
+
+            await wait_until(sending)
+            started = time.monotonic()
+            assert worker.terminate(timeout=30) == 0
+            took = time.monotonic() - started
+            statuses = await stack.statuses(ids)
+            assert "sending" not in statuses.values(), "in-flight sends were finished before exit"
+            done_at_stop = list(statuses.values()).count("sent")
+            assert 0 < done_at_stop < 40, "it stopped taking new work"
+            print(f"\nSIGTERM: exited 0 after {took:.2f}s with {done_at_stop} sent, the rest left queued")
+            await stack.start_worker()
+            assert set((await stack.wait_all_terminal(ids)).values()) == {"sent"}
+            assert set((await stack.sandbox_copies(ids)).values()) == {1}
+        finally:
+            worker.close()
