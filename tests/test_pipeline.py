@@ -129,3 +129,37 @@ async def _dlq_items(stack: Stack, count: int) -> list[dict]:
         if len(body["items"]) >= count or time.monotonic() > deadline:
             return body["items"]
         await asyncio.sleep(0.1)
+
+
+async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> None:
+    import aio_pika
+    import orjson
+
+    connection = await aio_pika.connect(stack.settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        events = await channel.declare_queue(exclusive=True)
+        await events.bind("herald.events", routing_key="#")
+        nid = (await stack.send(channel="sms", to=SMS_TO, category="transactional", body="x")).json()["id"]
+        await stack.wait_status(nid, "sent")
+        message = await events.get(timeout=5, fail=True)
+        assert message is not None
+        event = orjson.loads(message.body)
+        assert message.routing_key == "sent.sms"
+        assert event["event"] == "sent" and event["id"] == nid and event["provider"] == "sandbox-sms"
+
+
+async def test_a_poison_message_is_dead_lettered_by_the_broker(stack: Stack) -> None:
+    """A delivery that crashes every time hits the queue's delivery limit; RabbitMQ
+    dead-letters it and the ingester records it, so it does not loop forever."""
+    from herald import names
+
+    await stack.redis.hset(names.sandbox_config_key(), "sandbox-push", b'{"unexpected": 1}')
+    nid = (
+        await stack.send(channel="push", to="tok-1", category="transactional", body="x")
+    ).json()["id"]
+    done = await stack.wait_status(nid, "dead_lettered", timeout=30)
+    assert done["last_error_code"] == "broker_delivery_limit"
+    [item] = await _dlq_items(stack, 1)
+    assert item["notification_id"] == nid and item["reason"] == "exhausted"
+    assert await stack.sandbox(nid) == []
