@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     # Sandbox providers.
     sandbox_enabled: bool = True
     sandbox_keep: int = 100_000
-    metrics_port: int | None = None
+    #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
+    metrics_port: int | None = 9100
 
     def backoff_for(self, category: str) -> BackoffPolicy:
         return self.backoff.get(category) or BackoffPolicy()

@@ -18,6 +18,7 @@ from config.settings import Settings
 from dlq.ingester import DeadLetterIngester
 from herald import names
 from herald.logs import get_logger
+from herald.monitor import QueueDepthMonitor
 from herald.resources import Resources
 from producer.app import create_app
 from workers.runtime import build_consumer
@@ -67,16 +68,22 @@ async def run_worker(
 ) -> None:
     stop = _stop_event()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.api_host)
+        try:
+            start_http_server(settings.metrics_port, addr=settings.api_host)
+        except OSError as exc:
+            log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
     resources = await Resources.open(settings, name="herald-worker")
     consumer, providers = await build_consumer(resources, list(queues or names.all_work_queues()))
     ingester = DeadLetterIngester(resources.amqp, resources.sessions) if ingest else None  # type: ignore[arg-type]
+    monitor = QueueDepthMonitor(resources.amqp)  # type: ignore[arg-type]
     await consumer.start()
     if ingester is not None:
         await ingester.start()
+    monitor.start()
     log.info("worker_started")
     await stop.wait()
     log.info("worker_stopping")
+    await monitor.stop()
     await consumer.stop(settings.shutdown_grace_s)
     if ingester is not None:
         await ingester.stop()
@@ -95,12 +102,15 @@ async def run_dev(settings: Settings) -> None:
     ingester = DeadLetterIngester(resources.amqp, resources.sessions)
     server = _api_server(settings)
     serving = asyncio.create_task(server.serve())
+    monitor = QueueDepthMonitor(resources.amqp)
     await consumer.start()
     await ingester.start()
+    monitor.start()
     log.info("herald_dev_started", url=f"http://{settings.api_host}:{settings.api_port}")
     await _wait_either(stop, serving)
     server.should_exit = True
     await serving
+    await monitor.stop()
     await consumer.stop(settings.shutdown_grace_s)
     await ingester.stop()
     for provider in providers.values():

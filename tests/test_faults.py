@@ -6,9 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support.stack import Stack, WorkerProcess, running_stack
+from tests.support.stack import Stack, WorkerProcess, free_port, running_stack
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -83,7 +84,7 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(settings_fo
 
 
 async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp_path: Path) -> None:
-    values = settings_for(worker_prefetch=10)
+    values = settings_for(worker_prefetch=10, metrics_port=free_port())
     async with running_stack(values, workers=0) as stack:
         await stack.set_sandbox("sandbox-sms", "ok", latency_ms=300)
         worker = WorkerProcess(values, tmp_path / "worker.log").start()
@@ -94,6 +95,9 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp
                 return "sending" in (await stack.statuses(ids)).values()
 
             await wait_until(sending)
+            scraped = httpx.get(f"http://127.0.0.1:{values['metrics_port']}/metrics").text
+            assert 'herald_queue_depth{queue="herald.sms.normal"}' in scraped
+            assert "# TYPE herald_sent_total counter" in scraped
             started = time.monotonic()
             assert worker.terminate(timeout=30) == 0
             took = time.monotonic() - started

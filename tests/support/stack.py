@@ -59,6 +59,7 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         "provider_timeout_s": 3,
         "shutdown_grace_s": 10,
         "log_level": "WARNING",
+        "metrics_port": None,
     }
     values.update(overrides)
     return values
