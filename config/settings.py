@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ROUTING_FILE = Path(__file__).with_name("routing.yaml")
@@ -32,9 +32,16 @@ class BackoffPolicy(BaseModel):
     jitter: bool = True
 
 
+DEFAULT_BACKOFF: dict[str, dict[str, Any]] = {
+    "otp": {"base_s": 1, "factor": 2, "cap_s": 30, "max_attempts": 4},
+    "transactional": {},
+    "marketing": {"base_s": 5, "factor": 2, "cap_s": 600, "max_attempts": 6},
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="HERALD_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="HERALD_", env_nested_delimiter="__", extra="ignore", env_parse_none_str="null"
     )
 
     database_url: str = "sqlite+aiosqlite:///./herald.db"
@@ -68,17 +75,29 @@ class Settings(BaseSettings):
     claim_lease_s: float = 30.0
     provider_timeout_s: float = 10.0
     shutdown_grace_s: float = 25.0
-    backoff: dict[str, BackoffPolicy] = {
-        "otp": BackoffPolicy(base_s=1, factor=2, cap_s=30, max_attempts=4),
-        "transactional": BackoffPolicy(),
-        "marketing": BackoffPolicy(base_s=5, factor=2, cap_s=600, max_attempts=6),
-    }
+    #: Per category; an override changes only the fields it names (see ``_merge_backoff``).
+    backoff: dict[str, BackoffPolicy] = Field(
+        default_factory=lambda: {k: BackoffPolicy(**v) for k, v in DEFAULT_BACKOFF.items()}
+    )
 
     # Sandbox providers.
     sandbox_enabled: bool = True
     sandbox_keep: int = 100_000
     #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
     metrics_port: int | None = 9100
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _merge_backoff(cls, value: Any) -> Any:
+        """``HERALD_BACKOFF='{"otp": {"base_s": 2}}'`` keeps every other default."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: dict(v) for k, v in DEFAULT_BACKOFF.items()}
+        for category, policy in value.items():
+            if isinstance(policy, BackoffPolicy):
+                policy = policy.model_dump()
+            merged[category] = {**merged.get(category, {}), **policy}
+        return merged
 
     def backoff_for(self, category: str) -> BackoffPolicy:
         return self.backoff.get(category) or BackoffPolicy()

@@ -27,7 +27,7 @@ from herald.domain import (
 from herald.ids import new_id
 from herald.logs import get_logger
 from herald.storage.db import SessionFactory, insert_ignoring_conflicts
-from herald.storage.models import DeadLetter, Notification
+from herald.storage.models import DeadLetter, Notification, table_of
 
 log = get_logger(__name__)
 REDACTED = "[redacted]"
@@ -55,6 +55,9 @@ def dead_letter_row(message: Envelope, headers: dict[str, Any]) -> tuple[dict[st
     """The row to store, and whether RabbitMQ (not a worker) dead-lettered it."""
     reason = headers.get(names.HEADER_DLQ_REASON)
     by_broker = reason is None
+    error: str | None
+    code: str | None
+    provider: str | None
     if by_broker:
         death = str(headers.get("x-first-death-reason", "delivery_limit"))
         reason = DeadLetterReason.EXHAUSTED.value
@@ -125,14 +128,14 @@ class DeadLetterIngester:
         engine = self.sessions.kw["bind"]
         async with self.sessions.begin() as session:
             await session.execute(
-                insert_ignoring_conflicts(engine, DeadLetter.__table__).values(**row)
+                insert_ignoring_conflicts(engine, table_of(DeadLetter)).values(**row)
             )
             if by_broker:
                 await session.execute(
-                    update(Notification.__table__)
+                    update(table_of(Notification))
                     .where(
-                        Notification.__table__.c.id == envelope.id,
-                        Notification.__table__.c.status.not_in(
+                        table_of(Notification).c.id == envelope.id,
+                        table_of(Notification).c.status.not_in(
                             [s.value for s in TERMINAL_STATUSES]
                         ),
                     )

@@ -13,11 +13,11 @@ import structlog
 _ADDRESS_KEYS = frozenset({"to", "recipient", "address", "phone", "email"})
 _SECRET_KEYS = frozenset({"body", "code", "otp", "api_key", "authorization", "password"})
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
-_PHONE = re.compile(r"\+\d{6,15}")
+_PHONE = re.compile(r"\+\d[\d \-().]{5,20}\d")
 
 
 def mask_address(value: str) -> str:
-    """``+447700900123`` → ``+44*******23``; ``alice@example.com`` → ``a***@example.com``."""
+    """``+447400123456`` → ``+44********56``; ``alice@example.com`` → ``a***@example.com``."""
     if "@" in value:
         local, _, domain = value.partition("@")
         return f"{local[:1]}***@{domain}"
@@ -29,7 +29,7 @@ def mask_address(value: str) -> str:
 def mask_text(text: str) -> str:
     """Mask every phone number and e-mail address inside free text (error messages)."""
     text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return _PHONE.sub(lambda m: mask_address(m.group(0)), text)
+    return _PHONE.sub(lambda m: mask_address(re.sub(r"[^\d+]", "", m.group(0))), text)
 
 
 def mask_personal_data(
@@ -52,8 +52,8 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # before masking: tracebacks quote data
             mask_personal_data,
-            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -66,4 +66,4 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

@@ -16,9 +16,7 @@ log = get_logger(__name__)
 
 
 class QueueDepthMonitor:
-    def __init__(
-        self, connection: AbstractRobustConnection, *, interval_s: float = 5.0
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, *, interval_s: float = 5.0) -> None:
         self.connection = connection
         self.interval_s = interval_s
         self.queues = [*names.all_work_queues(), names.DLQ]

@@ -8,6 +8,7 @@ still in flight is ``409``. Redis only gives the fast ``409``; the primary key o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from herald import metrics, names
 from herald.domain import Category, Envelope, Status, utcnow
 from herald.ids import new_id
 from herald.logs import get_logger
-from herald.storage.db import SessionFactory
+from herald.storage.db import SessionFactory, inserted_id
 from herald.storage.models import IdempotencyKey, Notification, OutboxEntry
 from producer.auth import Principal
 from producer.outbox import Outbox
@@ -98,10 +99,8 @@ class AcceptService:
             return previous
         finally:
             if locked:
-                try:
+                with contextlib.suppress(RedisError):  # it expires on its own
                     await self.redis.delete(lock)
-                except RedisError:
-                    pass  # it expires on its own
 
     async def _previous(self, api_key_id: str, key: str, fingerprint: str) -> Accepted | None:
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_s)
@@ -210,7 +209,7 @@ class AcceptService:
                     publish_attempts=0,
                 )
             )
-            entry_id = int(result.inserted_primary_key[0])
+            entry_id = inserted_id(result)
         metrics.ACCEPTED.labels(send.channel.value, send.category.value).inc()
         if publish_now:
             self.outbox.publish_soon(entry_id, notification_id, envelope.routing_key, payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -100,7 +101,5 @@ class KeyStore:
         if any(row.key_hash == hash_key(key) for row in rows):
             return
         unique_name = f"{name}-{new_id()[-8:]}" if rows else name
-        try:
+        with contextlib.suppress(IntegrityError):  # another process created it first
             await self.create(unique_name, scopes, key=key)
-        except IntegrityError:
-            pass  # another process created it first

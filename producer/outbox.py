@@ -20,11 +20,11 @@ from herald.broker import BROKER_ERRORS, Publisher
 from herald.domain import Status, utcnow
 from herald.logs import get_logger
 from herald.storage.db import SessionFactory
-from herald.storage.models import IdempotencyKey, Notification, OutboxEntry
+from herald.storage.models import IdempotencyKey, Notification, OutboxEntry, table_of
 
 log = get_logger(__name__)
-O = OutboxEntry.__table__
-N = Notification.__table__
+OUTBOX = table_of(OutboxEntry)
+N = table_of(Notification)
 
 
 class Outbox:
@@ -42,7 +42,7 @@ class Outbox:
         self.settings = settings
         self.max_background = max_background
         self.flush_every_s = flush_every_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._confirmed: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -83,7 +83,7 @@ class Outbox:
         notification_ids = [nid for _, nid in batch]
         try:
             async with self.sessions.begin() as session:
-                await session.execute(delete(O).where(O.c.id.in_(ids)))
+                await session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids)))
                 await session.execute(
                     update(N)
                     .where(N.c.id.in_(notification_ids), N.c.status == Status.ACCEPTED.value)
@@ -102,17 +102,22 @@ class Outbox:
         lease = now + timedelta(seconds=self.settings.outbox_relay_after_s)
         async with self.sessions.begin() as session:
             due = (
-                select(O.c.id)
-                .where(O.c.available_at <= now)
-                .order_by(O.c.available_at)
+                select(OUTBOX.c.id)
+                .where(OUTBOX.c.available_at <= now)
+                .order_by(OUTBOX.c.available_at)
                 .limit(limit)
             )
             rows = (
                 await session.execute(
-                    update(O)
-                    .where(O.c.id.in_(due.scalar_subquery()), O.c.available_at <= now)
-                    .values(available_at=lease, publish_attempts=O.c.publish_attempts + 1)
-                    .returning(O.c.id, O.c.notification_id, O.c.routing_key, O.c.payload)
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id.in_(due.scalar_subquery()), OUTBOX.c.available_at <= now)
+                    .values(available_at=lease, publish_attempts=OUTBOX.c.publish_attempts + 1)
+                    .returning(
+                        OUTBOX.c.id,
+                        OUTBOX.c.notification_id,
+                        OUTBOX.c.routing_key,
+                        OUTBOX.c.payload,
+                    )
                 )
             ).all()
         if not rows:
@@ -127,7 +132,9 @@ class Outbox:
 
     async def backlog(self) -> int:
         async with self.sessions() as session:
-            return int((await session.execute(select(func.count()).select_from(O))).scalar_one())
+            return int(
+                (await session.execute(select(func.count()).select_from(OUTBOX))).scalar_one()
+            )
 
     async def purge_idempotency_keys(self) -> None:
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_s)

@@ -67,7 +67,7 @@ def reject_line_breaks(field: str, value: str) -> None:
 
 
 def normalize_phone(to: str, *, field: str = "to") -> str:
-    """An SMS-capable, non-premium number in E.164 (``+447700900123``)."""
+    """An SMS-capable, non-premium number in E.164 (``+447400123456``)."""
     if not to.startswith("+"):
         raise FieldError(
             field, "must be an E.164 phone number starting with '+' and a country code"
@@ -96,7 +96,9 @@ def normalize_email(to: str, *, field: str = "to") -> str:
 
 
 def check_push_token(to: str, *, field: str = "to") -> str:
-    if len(to) > MAX_PUSH_TOKEN or not all(c.isalnum() or c in ":_-." for c in to):
+    if len(to) > MAX_PUSH_TOKEN or not all(
+        c.isascii() and (c.isalnum() or c in ":_-.") for c in to
+    ):
         raise FieldError(field, "is not a device token (letters, digits and ':_-.' only)")
     return to
 

@@ -49,7 +49,10 @@ class SandboxStore:
 
     async def all_behaviours(self) -> dict[str, SandboxBehaviour]:
         raw = await self.redis.hgetall(names.sandbox_config_key())
-        return {k.decode(): SandboxBehaviour(**orjson.loads(v)) for k, v in raw.items()}
+        return {
+            (k.decode() if isinstance(k, bytes) else k): SandboxBehaviour(**orjson.loads(v))
+            for k, v in raw.items()
+        }
 
     async def record(self, entry: dict[str, Any]) -> None:
         blob = orjson.dumps(entry)

@@ -57,63 +57,100 @@ class RoutingRules:
     version: int = 1
 
 
-def _as_set(value: Any) -> frozenset[str] | None:
+def _as_set(value: Any, path: str) -> frozenset[str] | None:
     if value is None:
         return None
-    return frozenset([value] if isinstance(value, str) else value)
+    if isinstance(value, str):
+        return frozenset([value])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RulesError(path, "must be a string or a list of strings")
+    return frozenset(value)
 
 
-def parse_rules(doc: dict[str, Any], *, version: int = 1) -> RoutingRules:
+def _channel(value: Any, path: str) -> Channel:
+    try:
+        return Channel(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in Channel)
+        raise RulesError(path, f"unknown channel {value!r} (one of {choices})") from None
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RulesError(path, f"must be a number, not {value!r}")
+    return float(value)
+
+
+def _provider(name: str, spec: Any) -> ProviderSpec:
+    path = f"providers.{name}"
+    if not isinstance(spec, dict) or "type" not in spec or "channel" not in spec:
+        raise RulesError(path, "needs 'type' and 'channel'")
+    cost = spec.get("cost") or {"default": 0}
+    if not isinstance(cost, dict):
+        raise RulesError(f"{path}.cost", "must map countries (and 'default') to prices")
+    return ProviderSpec(
+        name=name,
+        type=spec["type"],
+        channel=_channel(spec["channel"], f"{path}.channel"),
+        cost={k: _number(v, f"{path}.cost.{k}") for k, v in cost.items()},
+        max_per_s=spec.get("max_per_s"),
+        raw=spec,
+    )
+
+
+def _tier_entry(item: Any, path: str, providers: dict[str, ProviderSpec]) -> TierEntry:
+    if isinstance(item, str):
+        entry = TierEntry(item)
+    elif isinstance(item, dict) and isinstance(item.get("provider"), str):
+        entry = TierEntry(item["provider"], _number(item.get("weight", 1), f"{path}.weight"))
+    else:
+        raise RulesError(path, "must be a provider name or {provider: NAME, weight: N}")
+    if entry.provider not in providers:
+        raise RulesError(path, f"unknown provider {entry.provider!r}")
+    return entry
+
+
+def _rule(i: int, rule: Any, providers: dict[str, ProviderSpec]) -> Rule:
+    path = f"rules[{i}]"
+    if not isinstance(rule, dict):
+        raise RulesError(path, "must be a mapping with 'match' and 'tiers'")
+    match = rule.get("match") or {}
+    if not isinstance(match, dict):
+        raise RulesError(f"{path}.match", "must be a mapping")
+    tiers = rule.get("tiers") or []
+    if not isinstance(tiers, list) or not all(isinstance(t, list) for t in tiers):
+        raise RulesError(f"{path}.tiers", "must be a list of lists of providers")
+    return Rule(
+        name=str(rule.get("name", f"rule-{i}")),
+        channel=_channel(match["channel"], f"{path}.match.channel")
+        if match.get("channel")
+        else None,
+        countries=_as_set(match.get("country"), f"{path}.match.country"),
+        categories=_as_set(match.get("category"), f"{path}.match.category"),
+        callers=_as_set(match.get("caller"), f"{path}.match.caller"),
+        tiers=tuple(
+            tuple(
+                _tier_entry(item, f"{path}.tiers[{t}][{e}]", providers)
+                for e, item in enumerate(tier)
+            )
+            for t, tier in enumerate(tiers)
+        ),
+    )
+
+
+def parse_rules(doc: Any, *, version: int = 1) -> RoutingRules:
     """Parse a rules document; raise ``RulesError`` naming the path of the first problem."""
     if not isinstance(doc, dict):
         raise RulesError("$", "the document must be a mapping")
-    providers: dict[str, ProviderSpec] = {}
-    for name, spec in (doc.get("providers") or {}).items():
-        path = f"providers.{name}"
-        if not isinstance(spec, dict) or "type" not in spec or "channel" not in spec:
-            raise RulesError(path, "needs 'type' and 'channel'")
-        try:
-            channel = Channel(spec["channel"])
-        except ValueError:
-            raise RulesError(f"{path}.channel", f"unknown channel {spec['channel']!r}") from None
-        providers[name] = ProviderSpec(
-            name=name,
-            type=spec["type"],
-            channel=channel,
-            cost={k: float(v) for k, v in (spec.get("cost") or {"default": 0}).items()},
-            max_per_s=spec.get("max_per_s"),
-            raw=spec,
-        )
-    rules: list[Rule] = []
-    for i, rule in enumerate(doc.get("rules") or []):
-        path = f"rules[{i}]"
-        match = rule.get("match") or {}
-        tiers: list[tuple[TierEntry, ...]] = []
-        for t, tier in enumerate(rule.get("tiers") or []):
-            entries: list[TierEntry] = []
-            for e, item in enumerate(tier):
-                entry = (
-                    TierEntry(item)
-                    if isinstance(item, str)
-                    else TierEntry(item["provider"], float(item.get("weight", 1)))
-                )
-                if entry.provider not in providers:
-                    raise RulesError(
-                        f"{path}.tiers[{t}][{e}]", f"unknown provider {entry.provider!r}"
-                    )
-                entries.append(entry)
-            tiers.append(tuple(entries))
-        rules.append(
-            Rule(
-                name=rule.get("name", f"rule-{i}"),
-                channel=Channel(match["channel"]) if match.get("channel") else None,
-                countries=_as_set(match.get("country")),
-                categories=_as_set(match.get("category")),
-                callers=_as_set(match.get("caller")),
-                tiers=tuple(tiers),
-            )
-        )
-    return RoutingRules(providers=providers, rules=tuple(rules), version=version)
+    raw_providers = doc.get("providers") or {}
+    raw_rules = doc.get("rules") or []
+    if not isinstance(raw_providers, dict):
+        raise RulesError("providers", "must be a mapping of names to providers")
+    if not isinstance(raw_rules, list):
+        raise RulesError("rules", "must be a list")
+    providers = {name: _provider(name, spec) for name, spec in raw_providers.items()}
+    rules = tuple(_rule(i, rule, providers) for i, rule in enumerate(raw_rules))
+    return RoutingRules(providers=providers, rules=rules, version=version)
 
 
 def load_rules_file(path: Path) -> RoutingRules:

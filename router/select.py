@@ -60,5 +60,8 @@ def candidates(rules: RoutingRules, message: Envelope) -> list[Candidate]:
             Candidate(e.provider, tier_no, rules.providers[e.provider].cost_for(country))
             for e in tier
         ]
-        ordered.extend(sorted(tier_candidates, key=lambda c: c.cost))
+        weights = {e.provider: e.weight for e in tier}
+        # Cheapest first; equal costs go to the heavier weight (the weighted split of
+        # traffic among equals belongs to the full router).
+        ordered.extend(sorted(tier_candidates, key=lambda c: (c.cost, -weights[c.provider])))
     return ordered

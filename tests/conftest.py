@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 
@@ -18,9 +19,13 @@ from herald.storage.migrate import downgrade, upgrade
 from herald.storage.models import Base
 from tests.support.stack import Stack, running_stack, stack_settings
 
-TEST_PG_URL = os.environ.get(
-    "HERALD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+#: A database of the suite's own, made on the machine's PostgreSQL (reached through the
+#: ``test`` database), so other users of ``test`` never lock our tables.
+TEST_PG_ADMIN_URL = os.environ.get(
+    "HERALD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+TEST_PG_DATABASE = "herald_test"
+TEST_PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{TEST_PG_DATABASE}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,8 +46,21 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
+async def _create_database() -> None:
+    connection = await asyncpg.connect(TEST_PG_ADMIN_URL)
+    try:
+        exists = await connection.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", TEST_PG_DATABASE
+        )
+        if not exists:
+            await connection.execute(f'CREATE DATABASE "{TEST_PG_DATABASE}"')
+    finally:
+        await connection.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_schema() -> str:
+    in_thread(asyncio.run, _create_database())
     in_thread(downgrade, TEST_PG_URL, "base")
     in_thread(upgrade, TEST_PG_URL)
     return TEST_PG_URL

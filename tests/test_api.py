@@ -218,7 +218,7 @@ async def test_health_readiness_and_metrics(api: Stack) -> None:
 
 
 async def test_database_down_answers_503_never_202(postgres_schema: str) -> None:
-    from tests.conftest import in_thread, _truncate  # noqa: PLC0415
+    from tests.conftest import _truncate, in_thread
 
     in_thread(asyncio.run, _truncate(postgres_schema))
     proxy = await TcpProxy("127.0.0.1", 5432).start()

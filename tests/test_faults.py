@@ -20,8 +20,12 @@ SMS = {"channel": "sms", "to": "+447911123456", "category": "transactional", "bo
 async def send_many(stack: Stack, count: int, *, chunk: int = 50) -> list[str]:
     ids: list[str] = []
     for start in range(0, count, chunk):
-        responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(min(chunk, count - start))))
-        assert {r.status_code for r in responses} == {202}, [r.text for r in responses if r.status_code != 202]
+        responses = await asyncio.gather(
+            *(stack.send(**SMS) for _ in range(min(chunk, count - start)))
+        )
+        assert {r.status_code for r in responses} == {202}, [
+            r.text for r in responses if r.status_code != 202
+        ]
         ids.extend(r.json()["id"] for r in responses)
     return ids
 
@@ -33,12 +37,17 @@ async def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no
         await asyncio.sleep(0.1)
 
 
-async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals(settings_for) -> None:
+async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals(
+    settings_for,
+) -> None:
     values = settings_for()
     host, port = "127.0.0.1", 5672
     proxy = await TcpProxy(host, port).start()
     try:
-        api_values = {**values, "amqp_url": values["amqp_url"].replace(f"{host}:{port}", f"{host}:{proxy.port}")}
+        api_values = {
+            **values,
+            "amqp_url": values["amqp_url"].replace(f"{host}:{port}", f"{host}:{proxy.port}"),
+        }
         async with running_stack(api_values, workers=0) as stack:
             await stack.start_worker(amqp_url=values["amqp_url"])
             proxy.cut()
@@ -55,7 +64,9 @@ async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals
         await proxy.stop()
 
 
-async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(settings_for, tmp_path: Path) -> None:
+async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(
+    settings_for, tmp_path: Path
+) -> None:
     values = settings_for(worker_prefetch=100)
     async with running_stack(values, workers=0) as stack:
         await stack.set_sandbox("sandbox-sms", "ok", latency_ms=20)
@@ -83,7 +94,9 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(settings_fo
     assert twice == 0
 
 
-async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp_path: Path) -> None:
+async def test_sigterm_finishes_in_flight_work_then_exits_zero(
+    settings_for, tmp_path: Path
+) -> None:
     values = settings_for(worker_prefetch=10, metrics_port=free_port())
     async with running_stack(values, workers=0) as stack:
         await stack.set_sandbox("sandbox-sms", "ok", latency_ms=300)
@@ -95,7 +108,10 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp
                 return "sending" in (await stack.statuses(ids)).values()
 
             await wait_until(sending)
-            scraped = httpx.get(f"http://127.0.0.1:{values['metrics_port']}/metrics").text
+            async with httpx.AsyncClient() as plain:
+                scraped = (
+                    await plain.get(f"http://127.0.0.1:{values['metrics_port']}/metrics")
+                ).text
             assert 'herald_queue_depth{queue="herald.sms.normal"}' in scraped
             assert "# TYPE herald_sent_total counter" in scraped
             started = time.monotonic()
@@ -105,7 +121,9 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(settings_for, tmp
             assert "sending" not in statuses.values(), "in-flight sends were finished before exit"
             done_at_stop = list(statuses.values()).count("sent")
             assert 0 < done_at_stop < 40, "it stopped taking new work"
-            print(f"\nSIGTERM: exited 0 after {took:.2f}s with {done_at_stop} sent, the rest left queued")
+            print(
+                f"\nSIGTERM: exited 0 after {took:.2f}s with {done_at_stop} sent, the rest left queued"
+            )
             await stack.start_worker()
             assert set((await stack.wait_all_terminal(ids)).values()) == {"sent"}
             assert set((await stack.sandbox_copies(ids)).values()) == {1}

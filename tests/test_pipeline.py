@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime
 
 import pytest
@@ -58,7 +59,7 @@ async def test_transient_failures_then_success_back_off_exponentially(settings_f
     assert outcomes[:3] == ["transient_error"] * 3 and outcomes[-1] == "sent"
     assert all(a["error_code"] == "sandbox_transient" for a in done["attempts"][:-1])
     starts = [datetime.fromisoformat(a["started_at"]) for a in done["attempts"]]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     # 100 ms, 200 ms, 400 ms … : each wait at least its step and longer than the one before.
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4
     assert gaps[0] < gaps[1] < gaps[2]
@@ -101,6 +102,7 @@ async def test_exhausted_retries_end_in_the_dead_letter_store(stack: Stack) -> N
 
 async def test_expired_message_is_never_sent(settings_for) -> None:
     import asyncio
+import itertools
 
     from tests.support.stack import running_stack
 
@@ -121,6 +123,7 @@ async def test_expired_message_is_never_sent(settings_for) -> None:
 
 async def _dlq_items(stack: Stack, count: int) -> list[dict]:
     import asyncio
+import itertools
     import time
 
     deadline = time.monotonic() + 15
@@ -140,13 +143,17 @@ async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> Non
         channel = await connection.channel()
         events = await channel.declare_queue(exclusive=True)
         await events.bind("herald.events", routing_key="#")
-        nid = (await stack.send(channel="sms", to=SMS_TO, category="transactional", body="x")).json()["id"]
+        nid = (
+            await stack.send(channel="sms", to=SMS_TO, category="transactional", body="x")
+        ).json()["id"]
         await stack.wait_status(nid, "sent")
         message = await events.get(timeout=5, fail=True)
         assert message is not None
         event = orjson.loads(message.body)
         assert message.routing_key == "sent.sms"
-        assert event["event"] == "sent" and event["id"] == nid and event["provider"] == "sandbox-sms"
+        assert (
+            event["event"] == "sent" and event["id"] == nid and event["provider"] == "sandbox-sms"
+        )
 
 
 async def test_a_poison_message_is_dead_lettered_by_the_broker(stack: Stack) -> None:
@@ -155,9 +162,9 @@ async def test_a_poison_message_is_dead_lettered_by_the_broker(stack: Stack) -> 
     from herald import names
 
     await stack.redis.hset(names.sandbox_config_key(), "sandbox-push", b'{"unexpected": 1}')
-    nid = (
-        await stack.send(channel="push", to="tok-1", category="transactional", body="x")
-    ).json()["id"]
+    nid = (await stack.send(channel="push", to="tok-1", category="transactional", body="x")).json()[
+        "id"
+    ]
     done = await stack.wait_status(nid, "dead_lettered", timeout=30)
     assert done["last_error_code"] == "broker_delivery_limit"
     [item] = await _dlq_items(stack, 1)

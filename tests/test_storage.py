@@ -31,9 +31,17 @@ async def db(database_url: str) -> AsyncIterator[tuple[AsyncEngine, SessionFacto
 def notification_row(nid: str, **extra: object) -> dict[str, object]:
     now = datetime.now(UTC)
     return {
-        "id": nid, "channel": "sms", "to": "+447911123456", "category": "transactional",
-        "priority": "normal", "status": "accepted", "generation": 0, "attempt_count": 0,
-        "created_at": now, "updated_at": now, **extra,
+        "id": nid,
+        "channel": "sms",
+        "to": "+447911123456",
+        "category": "transactional",
+        "priority": "normal",
+        "status": "accepted",
+        "generation": 0,
+        "attempt_count": 0,
+        "created_at": now,
+        "updated_at": now,
+        **extra,
     }
 
 
@@ -49,7 +57,9 @@ async def test_timestamps_come_back_in_utc(db: tuple[AsyncEngine, SessionFactory
     india = timezone(timedelta(hours=5, minutes=30))
     expires = datetime(2030, 1, 1, 12, 0, tzinfo=india)
     async with sessions.begin() as session:
-        await session.execute(insert(Notification).values(**notification_row("n1", expires_at=expires)))
+        await session.execute(
+            insert(Notification).values(**notification_row("n1", expires_at=expires))
+        )
     async with sessions() as session:
         stored = (await session.execute(select(Notification.expires_at))).scalar_one()
     assert stored == expires and stored.tzinfo is not None
@@ -59,8 +69,13 @@ async def test_timestamps_come_back_in_utc(db: tuple[AsyncEngine, SessionFactory
 
 async def test_one_idempotency_key_per_caller(db: tuple[AsyncEngine, SessionFactory]) -> None:
     _, sessions = db
-    row = {"api_key_id": "k1", "key": "abc", "request_hash": "h", "notification_id": "n1",
-           "created_at": datetime.now(UTC)}
+    row = {
+        "api_key_id": "k1",
+        "key": "abc",
+        "request_hash": "h",
+        "notification_id": "n1",
+        "created_at": datetime.now(UTC),
+    }
     async with sessions.begin() as session:
         await session.execute(insert(IdempotencyKey).values(**row))
     with pytest.raises(IntegrityError):
@@ -75,19 +90,32 @@ async def test_dead_letter_ingest_is_idempotent_and_redacts_otp_bodies(
 ) -> None:
     _, sessions = db
     async with sessions.begin() as session:
-        await session.execute(insert(Notification).values(**notification_row("n-otp", status="sending")))
+        await session.execute(
+            insert(Notification).values(**notification_row("n-otp", status="sending"))
+        )
     envelope = Envelope(
-        id="n-otp", channel=Channel.SMS, to="+447911123456", category=Category.OTP,
-        priority=Priority.HIGH, body="Your code is 482913",
+        id="n-otp",
+        channel=Channel.SMS,
+        to="+447911123456",
+        category=Category.OTP,
+        priority=Priority.HIGH,
+        body="Your code is 482913",
     )
     ingester = DeadLetterIngester(None, sessions)  # type: ignore[arg-type]
-    headers = {"x-herald-reason": "exhausted", "x-herald-error": "vendor down",
-               "x-herald-error-code": "503", "x-herald-provider": "twilio", "x-herald-attempts": 4}
+    headers = {
+        "x-herald-reason": "exhausted",
+        "x-herald-error": "vendor down",
+        "x-herald-error-code": "503",
+        "x-herald-provider": "twilio",
+        "x-herald-attempts": 4,
+    }
     await ingester.store(envelope, headers)
     await ingester.store(envelope, headers)  # a redelivered copy
     async with sessions() as session:
         rows = (await session.execute(select(DeadLetter))).scalars().all()
-        assert (await session.execute(select(func.count()).select_from(DeadLetter))).scalar_one() == 1
+        assert (
+            await session.execute(select(func.count()).select_from(DeadLetter))
+        ).scalar_one() == 1
     [row] = rows
     assert row.reason == "exhausted" and row.last_provider == "twilio" and row.attempts == 4
     assert "482913" not in str(row.payload)

@@ -32,11 +32,18 @@ def backoff_delay(
     return delay
 
 
-def retry_bucket_ms(delay_s: float, buckets_ms: Sequence[int]) -> int:
+def retry_bucket_ms(
+    delay_s: float, buckets_ms: Sequence[int], *, at_least_s: float | None = None
+) -> int:
     """The retry queue to use: the largest bucket not above the delay (the smallest at least).
 
-    Rounding down keeps the jitter's spread and never waits longer than the policy asked.
+    Rounding down keeps the jitter's spread and never waits longer than the policy asked;
+    but a vendor's ``Retry-After`` (``at_least_s``) is a floor, so that rounds up.
     """
     ordered = sorted(buckets_ms)
     index = bisect.bisect_right(ordered, delay_s * 1000) - 1
-    return ordered[max(index, 0)]
+    bucket = ordered[max(index, 0)]
+    if at_least_s is not None and bucket < at_least_s * 1000:
+        floor = bisect.bisect_left(ordered, at_least_s * 1000)
+        bucket = ordered[min(floor, len(ordered) - 1)]
+    return bucket

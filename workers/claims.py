@@ -42,9 +42,9 @@ class Claims:
         current = await self.redis.get(key)
         if current == DONE:
             return ClaimResult.DONE
-        if current is None:  # the lease ended between our two calls: try once more
-            if await self.redis.set(key, self.owner, nx=True, px=self.lease_ms):
-                return ClaimResult.ACQUIRED
+        # The lease may have ended between our two calls: try once more.
+        if current is None and await self.redis.set(key, self.owner, nx=True, px=self.lease_ms):
+            return ClaimResult.ACQUIRED
         return ClaimResult.HELD
 
     async def release(self, notification_id: str, generation: int) -> None:

@@ -61,7 +61,7 @@ class Consumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)  # type: ignore[arg-type]
+        self._in_flight.add(task)
         self._idle.clear()
         try:
             try:
@@ -72,7 +72,7 @@ class Consumer:
                 disposition = Disposition.REQUEUE
             await apply_disposition(message, disposition)
         finally:
-            self._in_flight.discard(task)  # type: ignore[arg-type]
+            self._in_flight.discard(task)
             if not self._in_flight:
                 self._idle.set()
 

@@ -8,10 +8,12 @@ retry / dead-letter publish → the caller acks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy.exc
 from redis.exceptions import RedisError
@@ -94,7 +96,7 @@ class Delivery:
             await self._release_quietly(message)
             raise
 
-    async def _deliver_claimed(self, message: Envelope, raw: bytes, now) -> Disposition:  # type: ignore[no-untyped-def]
+    async def _deliver_claimed(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
         ctx = self.ctx
         rules = ctx.rules()
         ordered = [c for c in candidates(rules, message) if c.provider in ctx.providers]
@@ -206,7 +208,7 @@ class Delivery:
                 )
             metrics.RETRIED.labels(*labels).inc()
             delay = backoff_delay(attempt_no, policy, retry_after=retry_after)
-            return await self._schedule_retry(message, raw, delay)
+            return await self._schedule_retry(message, raw, delay, at_least_s=retry_after)
         else:
             metrics.PROVIDER_LATENCY.labels(provider.name).observe(time.perf_counter() - started)
             await self._record_sent(message, attempt_id, receipt, _ms_since(started))
@@ -356,8 +358,10 @@ class Delivery:
             return Disposition.REQUEUE
         return Disposition.ACK
 
-    async def _schedule_retry(self, message: Envelope, raw: bytes, delay_s: float) -> Disposition:
-        bucket = retry_bucket_ms(delay_s, self.settings.retry_buckets_ms)
+    async def _schedule_retry(
+        self, message: Envelope, raw: bytes, delay_s: float, *, at_least_s: float | None = None
+    ) -> Disposition:
+        bucket = retry_bucket_ms(delay_s, self.settings.retry_buckets_ms, at_least_s=at_least_s)
         try:
             await self.ctx.publisher.publish(
                 names.RETRY_EXCHANGE,
@@ -377,10 +381,8 @@ class Delivery:
         return await self._schedule_retry(message, raw, self.settings.retry_buckets_ms[0] / 1000)
 
     async def _release_quietly(self, message: Envelope) -> None:
-        try:
+        with contextlib.suppress(RedisError):  # the lease runs out by itself
             await self.ctx.claims.release(message.id, message.generation)
-        except RedisError:
-            pass  # the lease runs out by itself
 
 
 def _ms_since(started: float) -> float:

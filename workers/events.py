@@ -52,5 +52,5 @@ class EventPublisher:
             )
         except BROKER_ERRORS as exc:
             log.warning(
-                "event_not_published", event=event, notification_id=message.id, error=str(exc)
+                "event_not_published", kind=event, notification_id=message.id, error=str(exc)
             )

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status
-from herald.storage.db import SessionFactory
-from herald.storage.models import Attempt, Notification
+from herald.storage.db import SessionFactory, inserted_id
+from herald.storage.models import Attempt, Notification, table_of
 
-N = Notification.__table__
-A = Attempt.__table__
+N = table_of(Notification)
+A = table_of(Attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class DeliveryStore:
                 last_provider=provider,
             )
         )
-        return int(result.inserted_primary_key[0])
+        return inserted_id(result)
 
     async def finish(
         self,
@@ -185,7 +186,7 @@ class DeliveryStore:
                 values["last_error"] = error
                 values["last_error_code"] = error_code
             result = await session.execute(stmt.values(**values))
-            return bool(result.rowcount)
+            return bool(cast(CursorResult[Any], result).rowcount)
 
     async def dead_letter_details(self, notification_id: str) -> dict[str, object] | None:
         async with self.sessions() as session:

@@ -126,7 +126,9 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.kill()
         self._log.close()
 
