@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from config.settings import Settings, get_settings
@@ -20,7 +21,9 @@ routing_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+sandbox_app = typer.Typer(help="Sandbox providers (development and tests).", no_args_is_help=True)
 app.add_typer(routing_app, name="routing")
+app.add_typer(sandbox_app, name="sandbox")
 
 
 def _settings() -> Settings:
@@ -113,6 +116,84 @@ def keys_create(
 def config_show() -> None:
     """Print the effective settings, secrets masked."""
     typer.echo(json.dumps(_settings().masked(), indent=2, default=str))
+
+
+def _client(url: str | None, key: str | None) -> httpx.Client:
+    if not key:
+        raise typer.BadParameter("set HERALD_API_KEY or pass --key", param_hint="--key")
+    base = url or f"http://127.0.0.1:{get_settings().api_port}"
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def _show(response: httpx.Response) -> None:
+    """Print the answer; a problem+json error goes to stderr with a non-zero exit."""
+    body = response.json() if response.content else {}
+    if response.is_error:
+        typer.echo(
+            f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}", err=True
+        )
+        for error in body.get("errors", []):
+            typer.echo(f"  {error['field']}: {error['message']}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(body, indent=2))
+
+
+UrlOption = Annotated[str | None, typer.Option("--url", help="Herald's base URL.")]
+KeyOption = Annotated[str | None, typer.Option("--key", envvar="HERALD_API_KEY", help="API key.")]
+
+
+@app.command()
+def send(
+    channel: Annotated[str, typer.Option(help="sms, email or push")],
+    to: Annotated[str, typer.Option(help="E.164 number, e-mail address or device token")],
+    body: Annotated[str, typer.Option(help="The message text")],
+    category: str = "transactional",
+    subject: Annotated[str | None, typer.Option(help="E-mail subject or push title")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Send one notification through the API (for on-call checks and demos)."""
+    payload = {"channel": channel, "to": to, "category": category, "body": body}
+    if subject is not None:
+        payload["subject"] = subject
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with _client(url, key) as client:
+        _show(client.post("/v1/notifications", json=payload, headers=headers))
+
+
+@sandbox_app.command("set")
+def sandbox_set(
+    name: str,
+    mode: Annotated[str, typer.Option(help="ok, transient or permanent")] = "ok",
+    fail_rate: Annotated[float, typer.Option(help="Share of sends that fail, 0..1")] = 1.0,
+    latency_ms: Annotated[float, typer.Option(help="Added latency per send")] = 0,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Make a sandbox provider slow or failing, for every worker at once."""
+    with _client(url, key) as client:
+        _show(
+            client.put(
+                f"/v1/sandbox/providers/{name}",
+                json={"mode": mode, "fail_rate": fail_rate, "latency_ms": latency_ms},
+            )
+        )
+
+
+@sandbox_app.command("messages")
+def sandbox_messages(
+    notification_id: Annotated[str | None, typer.Option("--id")] = None,
+    limit: int = 20,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """What the sandbox providers "sent", newest first."""
+    params: dict[str, str | int] = {"limit": limit}
+    if notification_id:
+        params["notification_id"] = notification_id
+    with _client(url, key) as client:
+        _show(client.get("/v1/sandbox/messages", params=params))
 
 
 @routing_app.command("validate")

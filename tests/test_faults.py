@@ -122,7 +122,7 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(
             done_at_stop = list(statuses.values()).count("sent")
             assert 0 < done_at_stop < 40, "it stopped taking new work"
             print(
-                f"\nSIGTERM: exited 0 after {took:.2f}s with {done_at_stop} sent, the rest left queued"
+                f"\nSIGTERM: exited 0 after {took:.2f}s, {done_at_stop} sent, the rest left queued"
             )
             await stack.start_worker()
             assert set((await stack.wait_all_terminal(ids)).values()) == {"sent"}

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from datetime import datetime
 
+import aio_pika
+import orjson
 import pytest
 
-from tests.support.stack import Stack
+from herald import names
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +45,6 @@ async def test_each_channel_reaches_sent(stack: Stack, channel: str, to: str, ex
 
 
 async def test_transient_failures_then_success_back_off_exponentially(settings_for) -> None:
-    from tests.support.stack import running_stack
 
     no_jitter = {"base_s": 0.1, "factor": 2, "cap_s": 0.8, "max_attempts": 6, "jitter": False}
     values = settings_for(backoff={"transactional": no_jitter})
@@ -101,10 +104,6 @@ async def test_exhausted_retries_end_in_the_dead_letter_store(stack: Stack) -> N
 
 
 async def test_expired_message_is_never_sent(settings_for) -> None:
-    import asyncio
-import itertools
-
-    from tests.support.stack import running_stack
 
     async with running_stack(settings_for(), workers=0) as stack:
         nid = (
@@ -122,9 +121,6 @@ import itertools
 
 
 async def _dlq_items(stack: Stack, count: int) -> list[dict]:
-    import asyncio
-import itertools
-    import time
 
     deadline = time.monotonic() + 15
     while True:
@@ -135,8 +131,6 @@ import itertools
 
 
 async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> None:
-    import aio_pika
-    import orjson
 
     connection = await aio_pika.connect(stack.settings.amqp_url)
     async with connection:
@@ -159,7 +153,6 @@ async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> Non
 async def test_a_poison_message_is_dead_lettered_by_the_broker(stack: Stack) -> None:
     """A delivery that crashes every time hits the queue's delivery limit; RabbitMQ
     dead-letters it and the ingester records it, so it does not loop forever."""
-    from herald import names
 
     await stack.redis.hset(names.sandbox_config_key(), "sandbox-push", b'{"unexpected": 1}')
     nid = (await stack.send(channel="push", to="tok-1", category="transactional", body="x")).json()[

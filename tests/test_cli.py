@@ -1,0 +1,103 @@
+"""The ``herald`` command line, run as a user would: a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from herald.storage.db import make_engine, make_session_factory
+from producer.auth import KeyStore
+from tests.support.stack import ADMIN_KEY, Stack, as_env
+
+HERALD = str(Path(sys.executable).with_name("herald"))
+
+
+async def herald(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        HERALD, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_keys_create_prints_a_key_that_works_with_its_scopes(sqlite_url: str) -> None:
+    env = as_env({"database_url": sqlite_url})
+    code, out, _ = await herald(
+        "keys", "create", "--name", "ops", "--scopes", "send,dlq:read", env=env
+    )
+    assert code == 0
+    key = out.strip()
+    engine = make_engine(sqlite_url)
+    try:
+        principal = await KeyStore(make_session_factory(engine)).authenticate(key)
+    finally:
+        await engine.dispose()
+    assert principal is not None and principal.name == "ops"
+    assert principal.allows("dlq:read") and not principal.allows("dlq:write")
+
+    code, _, err = await herald("keys", "create", "--name", "x", "--scopes", "send,root", env=env)
+    assert code == 2 and "unknown scopes: root" in err
+
+
+async def test_config_show_masks_secrets() -> None:
+    env = as_env(
+        {
+            "database_url": "postgresql+asyncpg://herald:pg-s3cret@db/herald",
+            "otp_secret": "otp-s3cret",
+            "bootstrap_api_key": "key-s3cret",
+        }
+    )
+    code, out, _ = await herald("config", "show", env=env)
+    assert code == 0
+    assert "s3cret" not in out
+    shown = json.loads(out)
+    assert shown["database_url"] == "postgresql+asyncpg://herald:***@db/herald"
+    assert shown["otp_secret"] == "***"
+
+
+async def test_routing_validate_names_the_bad_path(tmp_path: Path) -> None:
+    good = Path(__file__).parents[1] / "config" / "routing.yaml"
+    code, out, _ = await herald("routing", "validate", str(good))
+    assert code == 0 and "ok" in out
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("providers: {a: {type: sandbox, channel: sms}}\nrules:\n  - tiers: [[a, b]]\n")
+    code, _, err = await herald("routing", "validate", str(bad))
+    assert code == 1 and "rules[0].tiers[0][1]" in err and "unknown provider 'b'" in err
+
+
+@pytest.mark.integration
+async def test_send_and_sandbox_commands_talk_to_a_running_herald(stack: Stack) -> None:
+    env = as_env({"api_key": ADMIN_KEY})
+    common = ["--url", stack.url]
+    code, out, _ = await herald(
+        "send",
+        "--channel",
+        "sms",
+        "--to",
+        "+447911123456",
+        "--body",
+        "from the CLI",
+        *common,
+        env=env,
+    )
+    assert code == 0
+    nid = json.loads(out)["id"]
+    await stack.wait_status(nid, "sent")
+
+    code, out, _ = await herald("sandbox", "messages", "--id", nid, *common, env=env)
+    assert code == 0 and json.loads(out)["items"][0]["body"] == "from the CLI"
+
+    code, _, err = await herald(
+        "send", "--channel", "sms", "--to", "+4412", "--body", "x", *common, env=env
+    )
+    assert code == 1 and "to: is not a valid phone number" in err
+
+    code, out, _ = await herald(
+        "sandbox", "set", "sandbox-sms", "--mode", "permanent", *common, env=env
+    )
+    assert code == 0 and json.loads(out)["mode"] == "permanent"
