@@ -135,6 +135,8 @@ class SandboxProvider(BaseProvider):
         return Receipt(provider=self.name, vendor_message_id=vendor_id)
 
     async def lookup(self, message: Envelope) -> Receipt | None:
+        if self.spec.get("lookup", True) is False:  # behave like a vendor with no lookup API
+            return None
         for entry in await self.store.sent_for(message.id):
             if entry.get("generation", 0) == message.generation:
                 return Receipt(

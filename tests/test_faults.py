@@ -8,7 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from sqlalchemy import select
 
+from config.settings import DEFAULT_ROUTING_FILE
+from herald.storage.models import Attempt
 from tests.support.stack import Stack, WorkerProcess, free_port, running_stack
 from tests.support.tcpproxy import TcpProxy
 
@@ -64,34 +68,77 @@ async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals
         await proxy.stop()
 
 
+async def kill_a_worker_mid_flight(
+    stack: Stack, tmp_path: Path
+) -> tuple[dict[str, str], dict[str, int], int]:
+    """500 sends; SIGKILL the worker once 100 are sent; a new worker finishes the rest.
+
+    Returns the final statuses, the sandbox copies and how many were ``sending`` at the kill.
+    """
+    values = stack.values
+    await stack.set_sandbox("sandbox-sms", "ok", latency_ms=20)
+    first = WorkerProcess(values, tmp_path / "worker-1.log").start()
+    second = WorkerProcess(values, tmp_path / "worker-2.log")
+    try:
+        ids = await send_many(stack, 500)
+
+        async def some_sent() -> bool:
+            return list((await stack.statuses(ids)).values()).count("sent") >= 100
+
+        await wait_until(some_sent, timeout=60)
+        first.kill()  # SIGKILL with up to 100 messages prefetched
+        in_flight = list((await stack.statuses(ids)).values()).count("sending")
+        second.start()
+        statuses = await stack.wait_all_terminal(ids, timeout=120)
+        copies = await stack.sandbox_copies(ids)
+    finally:
+        first.close()
+        second.close()
+    return statuses, copies, in_flight
+
+
 async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(
     settings_for, tmp_path: Path
 ) -> None:
-    values = settings_for(worker_prefetch=100)
-    async with running_stack(values, workers=0) as stack:
-        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=20)
-        first = WorkerProcess(values, tmp_path / "worker-1.log").start()
-        second = WorkerProcess(values, tmp_path / "worker-2.log")
-        try:
-            ids = await send_many(stack, 500)
-
-            async def some_sent() -> bool:
-                return list((await stack.statuses(ids)).values()).count("sent") >= 100
-
-            await wait_until(some_sent, timeout=60)
-            first.kill()  # SIGKILL with up to 100 messages in flight
-            in_flight = list((await stack.statuses(ids)).values()).count("sending")
-            second.start()
-            statuses = await stack.wait_all_terminal(ids, timeout=120)
-            copies = await stack.sandbox_copies(ids)
-        finally:
-            first.close()
-            second.close()
+    async with running_stack(settings_for(worker_prefetch=100), workers=0) as stack:
+        statuses, copies, in_flight = await kill_a_worker_mid_flight(stack, tmp_path)
     twice = sum(1 for c in copies.values() if c > 1)
-    print(f"\nSIGKILL test: {in_flight} in 'sending' at the kill, {twice} of 500 received twice")
+    print(f"\nSIGKILL: {in_flight} in 'sending' at the kill, {twice} of 500 received twice")
     assert set(statuses.values()) == {"sent"}
     assert all(c >= 1 for c in copies.values()), "every message reached the sandbox"
     assert twice == 0
+
+
+async def test_without_a_vendor_lookup_a_duplicate_only_follows_an_interrupted_send(
+    settings_for, tmp_path: Path
+) -> None:
+    """The documented window: a vendor with no lookup API, a worker killed between the
+    vendor's answer and our record. Counts the duplicates; each must be visible in the
+    attempt history as an ``unknown`` (interrupted) attempt."""
+    rules = yaml.safe_load(DEFAULT_ROUTING_FILE.read_text())
+    rules["providers"]["sandbox-sms"]["lookup"] = False
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(yaml.safe_dump(rules))
+    values = settings_for(worker_prefetch=100, routing_file=str(routing))
+    async with running_stack(values, workers=0) as stack:
+        statuses, copies, in_flight = await kill_a_worker_mid_flight(stack, tmp_path)
+        twice = [nid for nid, c in copies.items() if c > 1]
+        async with stack.sessions() as session:
+            interrupted = set(
+                (
+                    await session.execute(
+                        select(Attempt.notification_id).where(Attempt.outcome == "unknown")
+                    )
+                ).scalars()
+            )
+    print(
+        f"\nSIGKILL without lookup: {in_flight} in 'sending' at the kill, "
+        f"{len(interrupted)} interrupted, {len(twice)} of 500 received twice"
+    )
+    assert set(statuses.values()) == {"sent"}
+    assert all(c >= 1 for c in copies.values())
+    assert set(twice) <= interrupted
+    assert len(twice) <= in_flight
 
 
 async def test_sigterm_finishes_in_flight_work_then_exits_zero(
