@@ -80,6 +80,17 @@ class Settings(BaseSettings):
         default_factory=lambda: {k: BackoffPolicy(**v) for k, v in DEFAULT_BACKOFF.items()}
     )
 
+    # Circuit breakers (per provider, shared through Redis).
+    breaker_window_s: int = 10
+    breaker_min_calls: int = 10
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    breaker_cooldown_s: float = 5.0
+    breaker_probes: int = 3
+    #: How long a worker trusts its cached copy of the breaker states.
+    breaker_cache_s: float = 1.0
+    #: How often workers check for a new routing-rules version (besides the broadcast).
+    rules_poll_s: float = 1.0
+
     # Sandbox providers.
     sandbox_enabled: bool = True
     sandbox_keep: int = 100_000

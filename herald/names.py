@@ -41,6 +41,21 @@ def idempotency_lock_key(api_key_id: str, key: str) -> str:
     return f"{REDIS_PREFIX}idem-lock:{api_key_id}:{key}"
 
 
+def breaker_key(provider: str) -> str:
+    return f"{REDIS_PREFIX}breaker:{provider}"
+
+
+def breaker_window_key(provider: str, second: int) -> str:
+    return f"{REDIS_PREFIX}breaker:{provider}:w:{second}"
+
+
+def latency_key(provider: str) -> str:
+    return f"{REDIS_PREFIX}latency:{provider}"
+
+
+ROUTING_CHANGED_CHANNEL = f"{REDIS_PREFIX}routing:changed"
+
+
 def sandbox_config_key() -> str:
     return f"{REDIS_PREFIX}sandbox:config"
 
