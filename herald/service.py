@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -21,7 +22,7 @@ from herald.logs import get_logger
 from herald.monitor import QueueDepthMonitor
 from herald.resources import Resources
 from producer.app import create_app
-from workers.runtime import build_consumer
+from workers.runtime import Worker, build_worker
 
 log = get_logger(__name__)
 
@@ -63,6 +64,33 @@ async def run_api(settings: Settings) -> None:
     await serving
 
 
+@dataclass(slots=True)
+class WorkerParts:
+    """Everything a worker process runs: consumers, dead-letter ingester, queue monitor."""
+
+    worker: Worker
+    ingester: DeadLetterIngester | None
+    monitor: QueueDepthMonitor
+
+    @classmethod
+    async def start(cls, resources: Resources, queues: list[str], *, ingest: bool) -> WorkerParts:
+        assert resources.amqp is not None
+        worker = await build_worker(resources, queues)
+        ingester = DeadLetterIngester(resources.amqp, resources.sessions) if ingest else None
+        monitor = QueueDepthMonitor(resources.amqp)
+        await worker.start()
+        if ingester is not None:
+            await ingester.start()
+        monitor.start()
+        return cls(worker, ingester, monitor)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.monitor.stop()
+        await self.worker.stop(grace_s)
+        if self.ingester is not None:
+            await self.ingester.stop()
+
+
 async def run_worker(
     settings: Settings, queues: Iterable[str] | None, *, ingest: bool = True
 ) -> None:
@@ -73,22 +101,13 @@ async def run_worker(
         except OSError as exc:
             log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
     resources = await Resources.open(settings, name="herald-worker")
-    consumer, providers = await build_consumer(resources, list(queues or names.all_work_queues()))
-    ingester = DeadLetterIngester(resources.amqp, resources.sessions) if ingest else None  # type: ignore[arg-type]
-    monitor = QueueDepthMonitor(resources.amqp)  # type: ignore[arg-type]
-    await consumer.start()
-    if ingester is not None:
-        await ingester.start()
-    monitor.start()
+    parts = await WorkerParts.start(
+        resources, list(queues or names.all_work_queues()), ingest=ingest
+    )
     log.info("worker_started")
     await stop.wait()
     log.info("worker_stopping")
-    await monitor.stop()
-    await consumer.stop(settings.shutdown_grace_s)
-    if ingester is not None:
-        await ingester.stop()
-    for provider in providers.values():
-        await provider.close()
+    await parts.stop(settings.shutdown_grace_s)
     await resources.close()
     log.info("worker_stopped")
 
@@ -97,24 +116,14 @@ async def run_dev(settings: Settings) -> None:
     """API, workers, outbox relay and dead-letter ingester in one process."""
     stop = _stop_event()
     resources = await Resources.open(settings, name="herald-dev-worker")
-    consumer, providers = await build_consumer(resources, names.all_work_queues())
-    assert resources.amqp is not None
-    ingester = DeadLetterIngester(resources.amqp, resources.sessions)
+    parts = await WorkerParts.start(resources, names.all_work_queues(), ingest=True)
     server = _api_server(settings)
     serving = asyncio.create_task(server.serve())
-    monitor = QueueDepthMonitor(resources.amqp)
-    await consumer.start()
-    await ingester.start()
-    monitor.start()
     log.info("herald_dev_started", url=f"http://{settings.api_host}:{settings.api_port}")
     await _wait_either(stop, serving)
     server.should_exit = True
     await serving
-    await monitor.stop()
-    await consumer.stop(settings.shutdown_grace_s)
-    await ingester.stop()
-    for provider in providers.values():
-        await provider.close()
+    await parts.stop(settings.shutdown_grace_s)
     await resources.close()
 
 

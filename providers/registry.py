@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from herald.domain import Channel
 from providers.base import Provider
 from providers.sandbox import SandboxProvider, SandboxStore
+from router.rules import RoutingRules
 
 
 @dataclass(slots=True)
@@ -26,3 +28,43 @@ def build_provider(name: str, spec: dict[str, Any], deps: ProviderDeps) -> Provi
 
 
 PROVIDER_TYPES = frozenset({"sandbox"})
+
+
+class ProviderSet(Mapping[str, Provider]):
+    """The providers a worker can send through, kept in step with the routing rules.
+
+    On a rules change only the providers whose spec changed are rebuilt; removed ones
+    are closed. Clients are made once per provider, never per message.
+    """
+
+    def __init__(self, deps: ProviderDeps) -> None:
+        self.deps = deps
+        self._providers: dict[str, Provider] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, name: str) -> Provider:
+        return self._providers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    async def sync(self, rules: RoutingRules) -> None:
+        wanted = {name: spec.raw for name, spec in rules.providers.items()}
+        for name in list(self._providers):
+            if name not in wanted or wanted[name] != self._specs[name]:
+                old = self._providers.pop(name)
+                del self._specs[name]
+                await old.close()
+        for name, spec in wanted.items():
+            if name not in self._providers:
+                self._providers[name] = build_provider(name, spec, self.deps)
+                self._specs[name] = spec
+
+    async def close(self) -> None:
+        for provider in self._providers.values():
+            await provider.close()
+        self._providers.clear()
+        self._specs.clear()

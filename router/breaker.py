@@ -91,9 +91,14 @@ def request_send(b: Breaker, now: float, cfg: BreakerConfig) -> tuple[bool, Brea
     if b.state is BreakerState.OPEN:
         if now - b.opened_at < cfg.cooldown_s:
             return False, b
-        b = replace(b, state=BreakerState.HALF_OPEN, probes_started=0, probe_successes=0)
+        b = replace(
+            b, state=BreakerState.HALF_OPEN, opened_at=now, probes_started=0, probe_successes=0
+        )
     if b.probes_started >= cfg.probes:
-        return False, b
+        if now - b.opened_at < cfg.cooldown_s:
+            return False, b
+        # The probes never reported (their worker died): start a new round.
+        b = replace(b, opened_at=now, probes_started=0, probe_successes=0)
     return True, replace(b, probes_started=b.probes_started + 1)
 
 
@@ -116,7 +121,7 @@ def looks_available(b: Breaker, now: float, cfg: BreakerConfig) -> bool:
     if b.state is BreakerState.OPEN:
         return now - b.opened_at >= cfg.cooldown_s
     if b.state is BreakerState.HALF_OPEN:
-        return b.probes_started < cfg.probes
+        return b.probes_started < cfg.probes or now - b.opened_at >= cfg.cooldown_s
     return True
 
 

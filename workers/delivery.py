@@ -25,8 +25,9 @@ from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Status, ut
 from herald.errors import PermanentProviderError, TransientProviderError
 from herald.logs import get_logger
 from providers.base import Provider, Receipt
+from router.health import BreakerBoard
 from router.rules import RoutingRules
-from router.select import candidates
+from router.select import plan
 from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
@@ -50,6 +51,16 @@ class Disposition(enum.Enum):
     REQUEUE = "requeue"
 
 
+@dataclass(frozen=True, slots=True)
+class SendFailure:
+    provider: str
+    error: str
+    code: str | None
+    permanent: bool
+    retry_after: float | None
+    attempt_id: int
+
+
 @dataclass(slots=True)
 class DeliveryContext:
     settings: Settings
@@ -59,6 +70,7 @@ class DeliveryContext:
     events: EventPublisher
     providers: Mapping[str, Provider]
     rules: Callable[[], RoutingRules]
+    breakers: BreakerBoard
 
 
 class Delivery:
@@ -99,48 +111,51 @@ class Delivery:
     async def _deliver_claimed(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
         ctx = self.ctx
         rules = ctx.rules()
-        ordered = [c for c in candidates(rules, message) if c.provider in ctx.providers]
-        if not ordered:
-            await ctx.store.set_status(
-                message.id,
-                Status.FAILED,
-                now,
-                error="no provider configured for this message",
-                error_code="no_route",
-                only_if_not_terminal=True,
-            )
-            await ctx.claims.release(message.id, message.generation)
-            return await self._dead_letter(
-                message,
-                raw,
-                DeadLetterReason.NO_ROUTE,
-                "no provider configured",
-                "no_route",
-                None,
-                0,
-                Status.FAILED,
-            )
-        provider = ctx.providers[ordered[0].provider]
-
-        begun = await ctx.store.begin(message.id, message.generation, provider.name, now)
-        if isinstance(begun, Skip):
-            return await self._skip(message, raw, begun)
-        if isinstance(begun, Interrupted):
-            reconciled = await self._reconcile(message, begun)
-            if reconciled:
+        available = await ctx.breakers.availability(rules.providers)
+        route = plan(rules, message, available)
+        if not route.considered:
+            return await self._no_route(message, raw, now)
+        attempt_no: int | None = None
+        failure: SendFailure | None = None
+        for candidate in route.order:
+            provider = ctx.providers.get(candidate.provider)
+            if provider is None or not await ctx.breakers.acquire(candidate.provider):
+                continue
+            if attempt_no is None:
+                begun = await ctx.store.begin(
+                    message.id, message.generation, provider.name, now, rules.version
+                )
+                if isinstance(begun, Skip):
+                    return await self._skip(message, raw, begun)
+                if isinstance(begun, Interrupted):
+                    if await self._reconcile(message, begun):
+                        return Disposition.ACK
+                    attempt_no = begun.pending.attempt_no
+                    attempt_id = await ctx.store.start_attempt(
+                        message.id, message.generation, attempt_no, provider.name, utcnow()
+                    )
+                else:
+                    attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
+            else:  # failover within the same delivery: a new attempt row, same round
+                attempt_id = await ctx.store.start_attempt(
+                    message.id, message.generation, attempt_no, provider.name, utcnow()
+                )
+            outcome = await self._call(message, provider, attempt_id)
+            if isinstance(outcome, Receipt):
                 return Disposition.ACK
-            attempt_no = begun.pending.attempt_no
-            attempt_id = await ctx.store.start_attempt(
-                message.id, message.generation, attempt_no, provider.name, utcnow()
-            )
-        else:
-            attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
+            if outcome.permanent:
+                return await self._fail(message, raw, outcome, attempt_no)
+            failure = outcome
 
-        return await self._send(message, raw, provider, attempt_id, attempt_no)
+        await ctx.claims.release(message.id, message.generation)
+        if attempt_no is None or failure is None:
+            return await self._wait_for_health(message, raw, now)
+        return await self._retry_or_exhaust(message, raw, failure, attempt_no)
 
-    async def _send(
-        self, message: Envelope, raw: bytes, provider: Provider, attempt_id: int, attempt_no: int
-    ) -> Disposition:
+    async def _call(
+        self, message: Envelope, provider: Provider, attempt_id: int
+    ) -> Receipt | SendFailure:
+        """One provider call, recorded; the breaker learns the outcome."""
         ctx = self.ctx
         labels = (message.channel.value, message.category.value, provider.name)
         started = time.perf_counter()
@@ -149,71 +164,132 @@ class Delivery:
                 provider.send(message), timeout=self.settings.provider_timeout_s
             )
         except PermanentProviderError as exc:
+            # The vendor answered: a final "no" says nothing against its health.
+            await ctx.breakers.record(provider.name, ok=True, latency_ms=_ms_since(started))
+            metrics.FAILED.labels(*labels).inc()
+            failure = SendFailure(provider.name, str(exc), exc.code, True, None, attempt_id)
+            log.info(
+                "send_failed", notification_id=message.id, provider=provider.name, code=exc.code
+            )
+        except (TransientProviderError, TimeoutError) as exc:
+            await ctx.breakers.record(provider.name, ok=False, latency_ms=_ms_since(started))
+            transient = exc if isinstance(exc, TransientProviderError) else None
+            failure = SendFailure(
+                provider.name,
+                str(exc) or "provider call timed out",
+                transient.code if transient else "timeout",
+                False,
+                transient.retry_after if transient else None,
+                attempt_id,
+            )
+            await ctx.store.finish(
+                notification_id=message.id,
+                attempt_id=attempt_id,
+                outcome=AttemptOutcome.TRANSIENT_ERROR,
+                status=Status.SENDING,
+                now=utcnow(),
+                latency_ms=_ms_since(started),
+                error=failure.error,
+                error_code=failure.code,
+            )
+            log.info(
+                "send_transient",
+                notification_id=message.id,
+                provider=provider.name,
+                code=failure.code,
+            )
+        else:
             latency = _ms_since(started)
-            error = str(exc)
+            metrics.PROVIDER_LATENCY.labels(provider.name).observe(latency / 1000)
+            await ctx.breakers.record(provider.name, ok=True, latency_ms=latency)
+            await self._record_sent(message, attempt_id, receipt, latency)
+            metrics.SENT.labels(*labels).inc()
+            return receipt
+        if failure.permanent:
             await ctx.store.finish(
                 notification_id=message.id,
                 attempt_id=attempt_id,
                 outcome=AttemptOutcome.PERMANENT_ERROR,
                 status=Status.FAILED,
                 now=utcnow(),
-                latency_ms=latency,
-                error=error,
-                error_code=exc.code,
+                latency_ms=_ms_since(started),
+                error=failure.error,
+                error_code=failure.code,
             )
-            metrics.FAILED.labels(*labels).inc()
-            await ctx.claims.release(message.id, message.generation)
-            log.info(
-                "send_failed", notification_id=message.id, provider=provider.name, code=exc.code
-            )
+        return failure
+
+    async def _fail(
+        self, message: Envelope, raw: bytes, failure: SendFailure, attempt_no: int
+    ) -> Disposition:
+        await self.ctx.claims.release(message.id, message.generation)
+        return await self._dead_letter(
+            message,
+            raw,
+            DeadLetterReason.PERMANENT_ERROR,
+            failure.error,
+            failure.code,
+            failure.provider,
+            attempt_no,
+            Status.FAILED,
+        )
+
+    async def _retry_or_exhaust(
+        self, message: Envelope, raw: bytes, failure: SendFailure, attempt_no: int
+    ) -> Disposition:
+        """Every candidate failed transiently: back off, or give up when out of attempts."""
+        policy = self.settings.backoff_for(message.category.value)
+        if attempt_no >= policy.max_attempts:
+            await self.ctx.store.set_status(message.id, Status.DEAD_LETTERED, utcnow())
             return await self._dead_letter(
                 message,
                 raw,
-                DeadLetterReason.PERMANENT_ERROR,
-                error,
-                exc.code,
-                provider.name,
+                DeadLetterReason.EXHAUSTED,
+                failure.error,
+                failure.code,
+                failure.provider,
                 attempt_no,
-                Status.FAILED,
+                Status.DEAD_LETTERED,
             )
-        except (TransientProviderError, TimeoutError) as exc:
-            latency = _ms_since(started)
-            code = exc.code if isinstance(exc, TransientProviderError) else "timeout"
-            retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
-            error = str(exc) or "provider call timed out"
-            policy = self.settings.backoff_for(message.category.value)
-            exhausted = attempt_no >= policy.max_attempts
-            status = Status.DEAD_LETTERED if exhausted else Status.RETRY_SCHEDULED
-            await ctx.store.finish(
-                notification_id=message.id,
-                attempt_id=attempt_id,
-                outcome=AttemptOutcome.TRANSIENT_ERROR,
-                status=status,
-                now=utcnow(),
-                latency_ms=latency,
-                error=error,
-                error_code=code,
-            )
-            await ctx.claims.release(message.id, message.generation)
-            if exhausted:
-                return await self._dead_letter(
-                    message,
-                    raw,
-                    DeadLetterReason.EXHAUSTED,
-                    error,
-                    code,
-                    provider.name,
-                    attempt_no,
-                    Status.DEAD_LETTERED,
-                )
-            metrics.RETRIED.labels(*labels).inc()
-            delay = backoff_delay(attempt_no, policy, retry_after=retry_after)
-            return await self._schedule_retry(message, raw, delay, at_least_s=retry_after)
-        else:
-            metrics.PROVIDER_LATENCY.labels(provider.name).observe(time.perf_counter() - started)
-            await self._record_sent(message, attempt_id, receipt, _ms_since(started))
-            metrics.SENT.labels(*labels).inc()
-            return Disposition.ACK
+        await self.ctx.store.set_status(message.id, Status.RETRY_SCHEDULED, utcnow())
+        metrics.RETRIED.labels(
+            message.channel.value, message.category.value, failure.provider
+        ).inc()
+        delay = backoff_delay(attempt_no, policy, retry_after=failure.retry_after)
+        return await self._schedule_retry(message, raw, delay, at_least_s=failure.retry_after)
+
+    async def _wait_for_health(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
+        """No candidate's breaker lets us through: wait (not charged, not dead-lettered)."""
+        await self.ctx.store.set_status(
+            message.id,
+            Status.RETRY_SCHEDULED,
+            now,
+            error="no healthy provider: breakers open",
+            error_code="no_healthy_provider",
+            only_if_not_terminal=True,
+        )
+        metrics.DUPLICATES_SKIPPED.labels("no_healthy_provider").inc()
+        return await self._schedule_retry(message, raw, self.ctx.breakers.config.cooldown_s)
+
+    async def _no_route(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
+        await self.ctx.store.set_status(
+            message.id,
+            Status.FAILED,
+            now,
+            error="no routing rule matches this message",
+            error_code="no_route",
+            only_if_not_terminal=True,
+        )
+        await self.ctx.claims.release(message.id, message.generation)
+        return await self._dead_letter(
+            message,
+            raw,
+            DeadLetterReason.NO_ROUTE,
+            "no routing rule matches this message",
+            "no_route",
+            None,
+            0,
+            Status.FAILED,
+        )
 
     async def _record_sent(
         self,

@@ -1,16 +1,20 @@
-"""Assemble a worker from settings: clients, providers, the delivery loop, the consumer."""
+"""Assemble a worker from settings: clients, rules, providers, breakers, the consumer."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from config.settings import Settings
 from herald.resources import Resources
-from providers.base import Provider
-from providers.registry import ProviderDeps, build_provider
+from providers.registry import ProviderDeps, ProviderSet
 from providers.sandbox import SandboxStore
-from router.source import FileRulesSource
+from router.breaker import BreakerConfig
+from router.health import BreakerBoard
+from router.source import RulesSource
+from router.store import RulesStore
 from workers.claims import Claims
 from workers.consumer import Consumer
 from workers.delivery import Delivery, DeliveryContext
@@ -22,23 +26,45 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def build_providers(rules_source: FileRulesSource, deps: ProviderDeps) -> dict[str, Provider]:
-    return {
-        name: build_provider(name, spec.raw, deps)
-        for name, spec in rules_source.current().providers.items()
-    }
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        window_s=settings.breaker_window_s,
+        min_calls=settings.breaker_min_calls,
+        failure_rate=settings.breaker_failure_rate,
+        cooldown_s=settings.breaker_cooldown_s,
+        probes=settings.breaker_probes,
+    )
 
 
-async def build_consumer(
-    resources: Resources, queues: Iterable[str]
-) -> tuple[Consumer, dict[str, Provider]]:
+@dataclass(slots=True)
+class Worker:
+    consumer: Consumer
+    providers: ProviderSet
+    rules: RulesSource
+
+    async def start(self) -> None:
+        self.rules.start()
+        await self.consumer.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.consumer.stop(grace_s)
+        await self.rules.stop()
+        await self.providers.close()
+
+
+async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     settings = resources.settings
     assert resources.amqp is not None and resources.publisher is not None
-    rules_source = FileRulesSource(settings.routing_file)
-    providers = build_providers(
-        rules_source,
-        ProviderDeps(sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep)),
+    providers = ProviderSet(
+        ProviderDeps(sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep))
     )
+    rules = RulesSource(
+        RulesStore(resources.sessions, settings.routing_file),
+        resources.redis,
+        poll_s=settings.rules_poll_s,
+    )
+    rules.on_change(providers.sync)
+    await rules.load()
     ctx = DeliveryContext(
         settings=settings,
         store=DeliveryStore(resources.sessions),
@@ -46,7 +72,10 @@ async def build_consumer(
         publisher=resources.publisher,
         events=EventPublisher(resources.amqp),
         providers=providers,
-        rules=rules_source.current,
+        rules=rules.current,
+        breakers=BreakerBoard(
+            resources.redis, breaker_config(settings), cache_s=settings.breaker_cache_s
+        ),
     )
     consumer = Consumer(
         resources.amqp,
@@ -55,4 +84,4 @@ async def build_consumer(
         prefetch=settings.worker_prefetch,
         high_prefetch=settings.worker_high_prefetch,
     )
-    return consumer, providers
+    return Worker(consumer, providers, rules)

@@ -51,7 +51,12 @@ class DeliveryStore:
         self.sessions = sessions
 
     async def begin(
-        self, notification_id: str, generation: int, provider: str, now: datetime
+        self,
+        notification_id: str,
+        generation: int,
+        provider: str,
+        now: datetime,
+        rules_version: int | None = None,
     ) -> Begun | Skip | Interrupted:
         """Check the row and, when a send is due, write the attempt (``sending``) first."""
         async with self.sessions.begin() as session:
@@ -89,7 +94,7 @@ class DeliveryStore:
                     )
             attempt_no = row.attempt_count + 1
             attempt_id = await self._insert_attempt(
-                session, notification_id, generation, attempt_no, provider, now
+                session, notification_id, generation, attempt_no, provider, now, rules_version
             )
             return Begun(attempt_id, attempt_no)
 
@@ -109,6 +114,7 @@ class DeliveryStore:
         attempt_no: int,
         provider: str,
         now: datetime,
+        rules_version: int | None = None,
     ) -> int:
         result = await session.execute(
             insert(A).values(
@@ -120,16 +126,15 @@ class DeliveryStore:
                 started_at=now,
             )
         )
-        await session.execute(
-            update(N)
-            .where(N.c.id == notification_id)
-            .values(
-                status=Status.SENDING.value,
-                attempt_count=attempt_no,
-                updated_at=now,
-                last_provider=provider,
-            )
-        )
+        values: dict[str, object] = {
+            "status": Status.SENDING.value,
+            "attempt_count": attempt_no,
+            "updated_at": now,
+            "last_provider": provider,
+        }
+        if rules_version is not None:
+            values["rules_version"] = rules_version
+        await session.execute(update(N).where(N.c.id == notification_id).values(**values))
         return inserted_id(result)
 
     async def finish(

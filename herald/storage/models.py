@@ -85,6 +85,8 @@ class Notification(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_provider: Mapped[str | None] = mapped_column(String(100))
     vendor_message_id: Mapped[str | None] = mapped_column(String(200))
+    #: The routing-rules version that chose the provider of the last attempt.
+    rules_version: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None]
     send_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
@@ -160,3 +162,16 @@ class DeadLetter(Base):
     state: Mapped[str] = mapped_column(String(20), default="open")
     payload: Mapped[dict[str, Any]]
     dead_lettered_at: Mapped[datetime]
+
+
+class RoutingVersion(Base):
+    """Every saved routing-rules document; the highest version is the one in force."""
+
+    __tablename__ = "routing_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    document: Mapped[dict[str, Any]]
+    etag: Mapped[str] = mapped_column(String(80))
+    created_by: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]

@@ -21,14 +21,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from dlq.ingester import DeadLetterIngester
 from herald import names
 from herald.resources import Resources, topology_for
-from herald.service import _api_server
+from herald.service import WorkerParts, _api_server
 from herald.storage.db import make_engine, make_session_factory
 from herald.storage.models import DeadLetter, Notification, OutboxEntry
-from workers.consumer import Consumer
-from workers.runtime import build_consumer
 
 ADMIN_KEY = "test-admin-key"
 TEST_AMQP_URL = os.environ.get(
@@ -146,7 +143,7 @@ class Stack:
         self.sessions = make_session_factory(self.engine)
         self._server: Any = None
         self._serving: asyncio.Task[None] | None = None
-        self._workers: list[tuple[Resources, Consumer, DeadLetterIngester]] = []
+        self._workers: list[tuple[Resources, WorkerParts]] = []
 
     async def start_api(self, *, run_relay: bool = True) -> None:
         self._server = _api_server(self.settings, run_relay=run_relay)
@@ -166,21 +163,16 @@ class Stack:
             await self._serving
             self._server = None
 
-    async def start_worker(self, **overrides: Any) -> Consumer:
+    async def start_worker(self, **overrides: Any) -> WorkerParts:
         settings = Settings(**{**self.values, **overrides})
         resources = await Resources.open(settings, name="herald-test-worker")
-        consumer, _ = await build_consumer(resources, names.all_work_queues())
-        assert resources.amqp is not None
-        ingester = DeadLetterIngester(resources.amqp, resources.sessions)
-        await consumer.start()
-        await ingester.start()
-        self._workers.append((resources, consumer, ingester))
-        return consumer
+        parts = await WorkerParts.start(resources, names.all_work_queues(), ingest=True)
+        self._workers.append((resources, parts))
+        return parts
 
     async def stop_workers(self) -> None:
-        for resources, consumer, ingester in self._workers:
-            await consumer.stop(10)
-            await ingester.stop()
+        for resources, parts in self._workers:
+            await parts.stop(10)
             await resources.close()
         self._workers.clear()
 

@@ -1,0 +1,147 @@
+"""Versioned routing rules in the database. The file at HERALD_ROUTING_FILE is version 1
+until the first edit; every save is a new version, kept with who saved it and when."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from herald.domain import utcnow
+from herald.errors import HeraldError
+from herald.storage.db import SessionFactory, insert_ignoring_conflicts
+from herald.storage.models import RoutingVersion, table_of
+
+VERSIONS = table_of(RoutingVersion)
+
+
+class StaleRules(HeraldError):
+    """The caller edited an older version than the one in force (HTTP 412)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRules:
+    version: int
+    document: dict[str, Any]
+    etag: str
+    created_by: str
+    created_at: datetime
+    comment: str | None
+
+
+def make_etag(version: int, document: dict[str, Any]) -> str:
+    digest = hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f'"v{version}-{digest[:16]}"'
+
+
+def to_yaml(document: dict[str, Any]) -> str:
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def diff(a: StoredRules, b: StoredRules) -> str:
+    """A unified diff of two versions as YAML, readable in a terminal or a page."""
+    return "".join(
+        difflib.unified_diff(
+            to_yaml(a.document).splitlines(keepends=True),
+            to_yaml(b.document).splitlines(keepends=True),
+            fromfile=f"version {a.version}",
+            tofile=f"version {b.version}",
+        )
+    )
+
+
+def _stored(row: Any) -> StoredRules:
+    return StoredRules(
+        row.version, row.document, row.etag, row.created_by, row.created_at, row.comment
+    )
+
+
+class RulesStore:
+    def __init__(self, sessions: SessionFactory, seed_file: Path) -> None:
+        self.sessions = sessions
+        self.seed_file = seed_file
+
+    async def _seed(self) -> None:
+        document = yaml.safe_load(self.seed_file.read_text())
+        engine = self.sessions.kw["bind"]
+        async with self.sessions.begin() as session:
+            await session.execute(
+                insert_ignoring_conflicts(engine, VERSIONS).values(
+                    version=1,
+                    document=document,
+                    etag=make_etag(1, document),
+                    created_by=f"file:{self.seed_file.name}",
+                    comment="initial rules from the routing file",
+                    created_at=utcnow(),
+                )
+            )
+
+    async def latest_version(self) -> int:
+        async with self.sessions() as session:
+            latest = (await session.execute(select(func.max(VERSIONS.c.version)))).scalar()
+        if latest is None:
+            await self._seed()
+            return 1
+        return int(latest)
+
+    async def current(self) -> StoredRules:
+        stored = await self.get(await self.latest_version())
+        assert stored is not None
+        return stored
+
+    async def get(self, version: int) -> StoredRules | None:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(select(VERSIONS).where(VERSIONS.c.version == version))
+            ).first()
+        return _stored(row) if row else None
+
+    async def history(self, limit: int = 50) -> list[StoredRules]:
+        await self.latest_version()
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(VERSIONS).order_by(VERSIONS.c.version.desc()).limit(limit)
+            )
+            return [_stored(r) for r in rows]
+
+    async def save(
+        self, document: dict[str, Any], *, if_match: str, who: str, comment: str | None = None
+    ) -> StoredRules:
+        """Store ``document`` as the next version if ``if_match`` names the current one."""
+        current = await self.current()
+        if if_match.strip() not in (current.etag, "*"):
+            raise StaleRules(f"rules changed since {if_match}; the current ETag is {current.etag}")
+        version = current.version + 1
+        row = {
+            "version": version,
+            "document": document,
+            "etag": make_etag(version, document),
+            "created_by": who,
+            "comment": comment,
+            "created_at": utcnow(),
+        }
+        try:
+            async with self.sessions.begin() as session:
+                await session.execute(insert(VERSIONS).values(**row))
+        except IntegrityError:
+            raise StaleRules(
+                "another edit was saved at the same moment; reload and retry"
+            ) from None
+        return StoredRules(**row)  # type: ignore[arg-type]
+
+    async def rollback(self, version: int, *, who: str, if_match: str = "*") -> StoredRules:
+        """Save an earlier version's document again, as a new version."""
+        earlier = await self.get(version)
+        if earlier is None:
+            raise KeyError(version)
+        return await self.save(
+            earlier.document, if_match=if_match, who=who, comment=f"rollback to version {version}"
+        )
