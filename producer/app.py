@@ -28,9 +28,14 @@ from producer.problems import (
 )
 from producer.routes_health import router as health_router
 from producer.routes_notifications import router as notifications_router
+from producer.routes_providers import router as providers_router
+from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
 from providers.sandbox import SandboxStore
-from router.rules import load_rules_file
+from router.health import BreakerBoard, breaker_config
+from router.rules import RoutingRules
+from router.source import RulesSource
+from router.store import RulesStore
 
 log = get_logger(__name__)
 
@@ -77,7 +82,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
             await keys.ensure(
                 BOOTSTRAP_KEY_NAME, settings.bootstrap_api_key.get_secret_value(), ["admin"]
             )
-        rules = load_rules_file(settings.routing_file)
+        rules_store = RulesStore(resources.sessions, settings.routing_file)
+        rules_source = RulesSource(rules_store, resources.redis, poll_s=settings.rules_poll_s)
         state = app.state
         state.settings = settings
         state.resources = resources
@@ -89,10 +95,22 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.outbox = outbox
         state.accept = AcceptService(resources.sessions, resources.redis, outbox, settings)
         state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
-        state.sandbox_providers = {n for n, p in rules.providers.items() if p.type == "sandbox"}
+        state.rules_store = rules_store
+        state.rules_source = rules_source
+        state.breakers = BreakerBoard(
+            resources.redis, breaker_config(settings), cache_s=settings.breaker_cache_s
+        )
+
+        async def track_sandboxes(rules: RoutingRules) -> None:
+            state.sandbox_providers = {n for n, p in rules.providers.items() if p.type == "sandbox"}
+
+        rules_source.on_change(track_sandboxes)
+        await rules_source.load()
+        rules_source.start()
         try:
             yield
         finally:
+            await rules_source.stop()
             await outbox.stop()
             await resources.close()
 
@@ -113,4 +131,6 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.include_router(notifications_router)
     app.include_router(dlq_router)
     app.include_router(sandbox_router)
+    app.include_router(routing_router)
+    app.include_router(providers_router)
     return app

@@ -80,6 +80,7 @@ async def get_notification(
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "send_at": row.send_at.isoformat() if row.send_at else None,
         "generation": row.generation,
+        "rules_version": row.rules_version,
         "last_error": row.last_error,
         "last_error_code": row.last_error_code,
         "attempts": [

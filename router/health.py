@@ -16,6 +16,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from config.settings import Settings
 from herald import names
 from router.breaker import (
     Breaker,
@@ -28,6 +29,17 @@ from router.breaker import (
     request_send,
     should_trip,
 )
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        window_s=settings.breaker_window_s,
+        min_calls=settings.breaker_min_calls,
+        failure_rate=settings.breaker_failure_rate,
+        cooldown_s=settings.breaker_cooldown_s,
+        probes=settings.breaker_probes,
+    )
+
 
 T = TypeVar("T")
 LATENCY_SAMPLES = 200

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from herald.domain import Channel
 from herald.errors import HeraldError
+
+if TYPE_CHECKING:
+    from router.validation import ValidationIssue
+
+Split = Literal["cheapest", "weighted"]
+SPLITS: tuple[Split, ...] = ("cheapest", "weighted")
 
 
 class RulesError(HeraldError):
@@ -48,6 +54,8 @@ class Rule:
     categories: frozenset[str] | None
     callers: frozenset[str] | None
     tiers: tuple[tuple[TierEntry, ...], ...]
+    #: How a tier shares traffic: the cheapest healthy provider, or in proportion to weight.
+    split: Split = "cheapest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,8 @@ class RoutingRules:
     providers: dict[str, ProviderSpec]
     rules: tuple[Rule, ...]
     version: int = 1
+    #: Warnings found by ``router.validation.parse_and_validate`` (not part of equality).
+    warnings: tuple[ValidationIssue, ...] = field(default=(), compare=False)
 
 
 def _as_set(value: Any, path: str) -> frozenset[str] | None:
@@ -98,6 +108,13 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
     )
 
 
+def _split(value: Any, path: str) -> Split:
+    for split in SPLITS:
+        if value == split:
+            return split
+    raise RulesError(path, f"must be one of {', '.join(SPLITS)}, not {value!r}")
+
+
 def _tier_entry(item: Any, path: str, providers: dict[str, ProviderSpec]) -> TierEntry:
     if isinstance(item, str):
         entry = TierEntry(item)
@@ -135,6 +152,7 @@ def _rule(i: int, rule: Any, providers: dict[str, ProviderSpec]) -> Rule:
             )
             for t, tier in enumerate(tiers)
         ),
+        split=_split(rule.get("split", "cheapest"), f"{path}.split"),
     )
 
 
