@@ -7,12 +7,10 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from config.settings import Settings
 from herald.resources import Resources
 from providers.registry import ProviderDeps, ProviderSet
 from providers.sandbox import SandboxStore
-from router.breaker import BreakerConfig
-from router.health import BreakerBoard
+from router.health import BreakerBoard, breaker_config
 from router.source import RulesSource
 from router.store import RulesStore
 from workers.claims import Claims
@@ -24,16 +22,6 @@ from workers.store import DeliveryStore
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def breaker_config(settings: Settings) -> BreakerConfig:
-    return BreakerConfig(
-        window_s=settings.breaker_window_s,
-        min_calls=settings.breaker_min_calls,
-        failure_rate=settings.breaker_failure_rate,
-        cooldown_s=settings.breaker_cooldown_s,
-        probes=settings.breaker_probes,
-    )
 
 
 @dataclass(slots=True)
