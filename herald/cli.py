@@ -197,13 +197,37 @@ def sandbox_messages(
 
 
 @routing_app.command("validate")
-def routing_validate(file: Path) -> None:
-    """Check a routing-rules document; print each problem with its path."""
-    from router.rules import RulesError, load_rules_file
+def routing_validate(
+    file: Path,
+    check_env: Annotated[
+        bool,
+        typer.Option(
+            "--env/--no-env",
+            help="Check that every credential's env: variable is set here (--no-env for CI).",
+        ),
+    ] = True,
+) -> None:
+    """Check a routing-rules document (YAML or JSON); print every problem with its path."""
+    import yaml
+
+    from router.rules import RulesError, parse_rules
+    from router.validation import validate_document
 
     try:
-        rules = load_rules_file(file)
-    except RulesError as exc:
+        text = file.read_text(encoding="utf-8")
+        doc = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        typer.echo(f"{file}: $: cannot read the document: {reason}", err=True)
+        raise typer.Exit(1) from None
+    issues = validate_document(doc, check_env=check_env)
+    for issue in issues:
+        typer.echo(f"{file}: {issue}", err=True)
+    if any(issue.severity == "error" for issue in issues):
+        raise typer.Exit(1)
+    try:
+        rules = parse_rules(doc)
+    except RulesError as exc:  # the schema and the parser disagree: still a named path
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{file}: ok ({len(rules.providers)} providers, {len(rules.rules)} rules)")

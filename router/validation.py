@@ -414,7 +414,7 @@ def _rule_tier_issues(providers: Mapping[Any, Any], rule: Any, i: int) -> list[V
         if channel is None or match is None:
             continue
         by_channel[channel].append(name)
-        if False and match.channel is not None and channel != match.channel:
+        if match.channel is not None and channel != match.channel:
             issues.append(
                 ValidationIssue(
                     path,
