@@ -70,18 +70,20 @@ class BreakerBoard:
         self.cache_s = cache_s
         self.clock = clock
         self._cache: dict[str, Breaker] = {}
-        self._cached_at = -math.inf
+        self._cached_at: dict[str, float] = {}
 
     async def states(self, providers: Iterable[str]) -> dict[str, Breaker]:
         wanted = list(providers)
-        stale = self.clock() - self._cached_at >= self.cache_s
-        if stale or any(p not in self._cache for p in wanted):
+        now = self.clock()
+        stale = [p for p in wanted if now - self._cached_at.get(p, -math.inf) >= self.cache_s]
+        if stale:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for name in wanted:
+                for name in stale:
                     pipe.hgetall(names.breaker_key(name))
                 raw = await pipe.execute()
-            self._cache.update({n: Breaker.from_redis(r) for n, r in zip(wanted, raw, strict=True)})
-            self._cached_at = self.clock()
+            for name, value in zip(stale, raw, strict=True):
+                self._cache[name] = Breaker.from_redis(value)
+                self._cached_at[name] = now
         return {name: self._cache[name] for name in wanted}
 
     async def availability(self, providers: Iterable[str]) -> dict[str, bool]:
