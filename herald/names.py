@@ -66,3 +66,8 @@ def sandbox_messages_key() -> str:
 
 def sandbox_by_notification_key(notification_id: str) -> str:
     return f"{REDIS_PREFIX}sandbox:sent:{notification_id}"
+
+
+def ratelimit_key(key: str) -> str:
+    """One GCRA bucket (its theoretical arrival time); ``key`` names the policy and subject."""
+    return f"{REDIS_PREFIX}rl:{key}"
