@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +89,38 @@ async def test_breaker_opens_for_all_workers_fails_over_and_recovers(
         finally:
             for worker in workers:
                 worker.close()
+
+
+async def test_max_per_s_holds_across_two_worker_processes(
+    settings_for: Any, tmp_path: Path
+) -> None:
+    doc = two_sms_providers()
+    doc["providers"]["sandbox-sms"]["max_per_s"] = 10
+    doc["rules"][0]["tiers"] = [["sandbox-sms"]]
+    del doc["providers"]["sandbox-sms-cheap"]
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(yaml.safe_dump(doc))
+    values = settings_for(routing_file=str(routing))
+    async with running_stack(values, workers=0) as stack:
+        workers = [WorkerProcess(values, tmp_path / f"worker-{i}.log").start() for i in range(2)]
+        try:
+            ids = [
+                r.json()["id"]
+                for r in await asyncio.gather(*(stack.send(**SMS) for _ in range(60)))
+            ]
+            await stack.wait_all_terminal(ids, timeout=60)
+            sent_at = []
+            for nid in ids:
+                [record] = await stack.sandbox(nid)
+                sent_at.append(datetime.fromisoformat(record["sent_at"]).timestamp())
+            sent_at.sort()
+        finally:
+            for worker in workers:
+                worker.close()
+    per_second = Counter(int(t) for t in sent_at)
+    print(
+        f"\nmax_per_s=10 over two workers: busiest second {max(per_second.values())}, "
+        f"60 sends over {sent_at[-1] - sent_at[0]:.1f}s"
+    )
+    assert max(per_second.values()) <= 11  # 10 per second, + 1 for a send recorded late
+    assert sent_at[-1] - sent_at[0] >= 5.0  # 60 sends at 10/s cannot take much less than 6 s

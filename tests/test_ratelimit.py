@@ -519,3 +519,12 @@ def test_limit_header_is_the_burst_and_policy_names_it() -> None:
 )
 def test_policy(limit: Limit, expected: str) -> None:
     assert policy(limit) == expected
+
+
+def test_provider_limit_books_slots_at_most_the_wait_ahead() -> None:
+    from workers.throttle import provider_limit
+
+    assert provider_limit(10, 0.5) == Limit(rate=10, period_s=1.0, burst=6)
+    assert provider_limit(50, 0.5).burst == 26
+    slow = provider_limit(0.5, 0.5)  # one send every two seconds, no waiting in the call
+    assert (slow.rate, slow.period_s, slow.burst) == (1, 2.0, 1)

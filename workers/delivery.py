@@ -22,7 +22,7 @@ from config.settings import Settings
 from herald import metrics, names
 from herald.broker import BROKER_ERRORS, Publisher
 from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Status, utcnow
-from herald.errors import PermanentProviderError, TransientProviderError
+from herald.errors import InfrastructureError, PermanentProviderError, TransientProviderError
 from herald.logs import get_logger
 from providers.base import Provider, Receipt
 from router.health import BreakerBoard
@@ -32,11 +32,13 @@ from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
 from workers.store import DeliveryStore, Interrupted, Skip
+from workers.throttle import ProviderThrottle
 
 log = get_logger(__name__)
 
 #: Failures of our own backing services: the message is put back, not charged an attempt.
 INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    InfrastructureError,
     RedisError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -71,6 +73,7 @@ class DeliveryContext:
     providers: Mapping[str, Provider]
     rules: Callable[[], RoutingRules]
     breakers: BreakerBoard
+    throttle: ProviderThrottle
 
 
 class Delivery:
@@ -121,6 +124,8 @@ class Delivery:
             provider = ctx.providers.get(candidate.provider)
             if provider is None or not await ctx.breakers.acquire(candidate.provider):
                 continue
+            if not await ctx.throttle.wait_turn(rules.providers[candidate.provider]):
+                continue  # at its max_per_s: try the next candidate rather than queue here
             if attempt_no is None:
                 begun = await ctx.store.begin(
                     message.id, message.generation, provider.name, now, rules.version
@@ -258,12 +263,13 @@ class Delivery:
         return await self._schedule_retry(message, raw, delay, at_least_s=failure.retry_after)
 
     async def _wait_for_health(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
-        """No candidate's breaker lets us through: wait (not charged, not dead-lettered)."""
+        """No candidate could take it now (breakers open, or at their max_per_s): wait,
+        neither charged an attempt nor dead-lettered."""
         await self.ctx.store.set_status(
             message.id,
             Status.RETRY_SCHEDULED,
             now,
-            error="no healthy provider: breakers open",
+            error="no provider available now: breakers open or throughput limits reached",
             error_code="no_healthy_provider",
             only_if_not_terminal=True,
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from herald.resources import Resources
 from providers.registry import ProviderDeps, ProviderSet
 from providers.sandbox import SandboxStore
+from ratelimit import RedisRateLimiter
 from router.health import BreakerBoard, breaker_config
 from router.source import RulesSource
 from router.store import RulesStore
@@ -18,6 +19,7 @@ from workers.consumer import Consumer
 from workers.delivery import Delivery, DeliveryContext
 from workers.events import EventPublisher
 from workers.store import DeliveryStore
+from workers.throttle import ProviderThrottle
 
 
 def worker_identity() -> str:
@@ -61,6 +63,7 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
         events=EventPublisher(resources.amqp),
         providers=providers,
         rules=rules.current,
+        throttle=ProviderThrottle(RedisRateLimiter(resources.redis)),
         breakers=BreakerBoard(
             resources.redis, breaker_config(settings), cache_s=settings.breaker_cache_s
         ),
