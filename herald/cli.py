@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -24,6 +24,8 @@ app.add_typer(config_app, name="config")
 sandbox_app = typer.Typer(help="Sandbox providers (development and tests).", no_args_is_help=True)
 app.add_typer(routing_app, name="routing")
 app.add_typer(sandbox_app, name="sandbox")
+providers_app = typer.Typer(help="Providers: health, breakers, drain.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
 
 
 def _settings() -> Settings:
@@ -235,3 +237,160 @@ def routing_validate(
 
 if __name__ == "__main__":
     app()
+
+
+def _read_document(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
+
+
+@routing_app.command("get")
+def routing_get(url: UrlOption = None, key: KeyOption = None) -> None:
+    """Print the rules in force as YAML (the version and ETag go to stderr)."""
+    with _client(url, key) as client:
+        response = client.get("/v1/routing/rules", headers={"Accept": "application/yaml"})
+        if response.is_error:
+            _show(response)
+        typer.echo(
+            f"# version {response.headers['x-herald-rules-version']}, "
+            f"ETag {response.headers['etag']}",
+            err=True,
+        )
+        typer.echo(response.text, nl=False)
+
+
+@routing_app.command("put")
+def routing_put(
+    file: Path,
+    if_match: Annotated[
+        str | None, typer.Option("--if-match", help="ETag you edited; default: the current one")
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="Why (kept with the version)")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Save FILE as the new rules (validated by the server; every version is kept)."""
+    document = _read_document(file)
+    with _client(url, key) as client:
+        etag = if_match or client.get("/v1/routing/rules").headers.get("etag", "*")
+        params = {"comment": comment} if comment else {}
+        _show(
+            client.put(
+                "/v1/routing/rules", json=document, headers={"If-Match": etag}, params=params
+            )
+        )
+
+
+@routing_app.command("versions")
+def routing_versions(url: UrlOption = None, key: KeyOption = None) -> None:
+    """Every saved version, newest first, with who saved it and why."""
+    with _client(url, key) as client:
+        response = client.get("/v1/routing/rules/versions")
+        if response.is_error:
+            _show(response)
+        for item in response.json()["items"]:
+            typer.echo(
+                f"{item['version']:>5}  {item['created_at'][:19]}  {item['created_by']:<20} "
+                f"{item['comment'] or ''}"
+            )
+
+
+@routing_app.command("diff")
+def routing_diff(
+    from_version: Annotated[int | None, typer.Argument(help="default: the previous")] = None,
+    to_version: Annotated[int | None, typer.Argument(help="default: the current")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """What changed between two versions (unified diff)."""
+    params = {k: v for k, v in (("from", from_version), ("to", to_version)) if v is not None}
+    with _client(url, key) as client:
+        response = client.get("/v1/routing/rules/diff", params=params)
+        if response.is_error:
+            _show(response)
+        typer.echo(response.json()["diff"] or "(no difference)", nl=False)
+
+
+@routing_app.command("rollback")
+def routing_rollback(version: int, url: UrlOption = None, key: KeyOption = None) -> None:
+    """Put an earlier version back in force (saved as a new version)."""
+    with _client(url, key) as client:
+        _show(client.post("/v1/routing/rules/rollback", json={"version": version}))
+
+
+@routing_app.command("simulate")
+def routing_simulate(
+    channel: Annotated[str, typer.Option()],
+    to: Annotated[str, typer.Option()],
+    category: str = "transactional",
+    caller: str | None = None,
+    file: Annotated[Path | None, typer.Option("--file", help="An unsaved rules document")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Where would this message go, and why?"""
+    body: dict[str, Any] = {"channel": channel, "to": to, "category": category}
+    if caller:
+        body["caller"] = caller
+    if file is not None:
+        body["rules"] = _read_document(file)
+    with _client(url, key) as client:
+        response = client.post("/v1/routing/simulate", json=body)
+        if response.is_error:
+            _show(response)
+        result = response.json()
+        typer.echo(
+            f"rule: {result['rule'] or '(none matches)'}   rules version {result['version']}"
+        )
+        for c in result["candidates"]:
+            health = "healthy" if c["healthy"] else "UNHEALTHY"
+            typer.echo(
+                f"  tier {c['tier']}  {c['provider']:<24} {c['cost']:<8} {health:<9} {c['reason']}"
+            )
+
+
+@providers_app.command("list")
+def providers_list(url: UrlOption = None, key: KeyOption = None) -> None:
+    """Every provider: breaker, recent success rate, p95 latency, cost."""
+    with _client(url, key) as client:
+        response = client.get("/v1/providers")
+        if response.is_error:
+            _show(response)
+        typer.echo(
+            f"{'provider':<24} {'channel':<7} {'breaker':<10} {'success':>8} {'p95 ms':>8}  cost"
+        )
+        for p in response.json()["items"]:
+            rate = "-" if p["success_rate"] is None else f"{p['success_rate']:.1%}"
+            p95 = "-" if p["p95_ms"] is None else f"{p['p95_ms']:.0f}"
+            forced = " (forced)" if p["override"] else ""
+            typer.echo(
+                f"{p['name']:<24} {p['channel']:<7} {p['breaker'] + forced:<10} {rate:>8} "
+                f"{p95:>8}  {p['cost']}"
+            )
+
+
+def _breaker(name: str, state: str, url: str | None, key: str | None) -> None:
+    with _client(url, key) as client:
+        _show(client.put(f"/v1/providers/{name}/breaker", json={"state": state}))
+
+
+@providers_app.command("drain")
+def providers_drain(name: str, url: UrlOption = None, key: KeyOption = None) -> None:
+    """Force a provider's breaker open: it gets no traffic until `herald providers auto`."""
+    _breaker(name, "open", url, key)
+
+
+@providers_app.command("force-close")
+def providers_force_close(name: str, url: UrlOption = None, key: KeyOption = None) -> None:
+    """Force a provider's breaker closed, whatever its failure rate."""
+    _breaker(name, "closed", url, key)
+
+
+@providers_app.command("auto")
+def providers_auto(name: str, url: UrlOption = None, key: KeyOption = None) -> None:
+    """Hand the breaker back to the failure rate."""
+    _breaker(name, "auto", url, key)

@@ -101,3 +101,54 @@ async def test_send_and_sandbox_commands_talk_to_a_running_herald(stack: Stack) 
         "sandbox", "set", "sandbox-sms", "--mode", "permanent", *common, env=env
     )
     assert code == 0 and json.loads(out)["mode"] == "permanent"
+
+
+@pytest.mark.integration
+async def test_routing_and_providers_commands(stack: Stack, tmp_path: Path) -> None:
+    import yaml
+
+    from tests.test_routing_api import two_sms_providers
+
+    env = as_env({"api_key": ADMIN_KEY})
+    common = ["--url", stack.url]
+    code, out, err = await herald("routing", "get", *common, env=env)
+    assert code == 0 and "version 1" in err and "sandbox-sms" in yaml.safe_load(out)["providers"]
+
+    draft = tmp_path / "rules.yaml"
+    draft.write_text(yaml.safe_dump(two_sms_providers()))
+    code, out, _ = await herald(
+        "routing",
+        "simulate",
+        "--channel",
+        "sms",
+        "--to",
+        "+447400123456",
+        "--file",
+        str(draft),
+        *common,
+        env=env,
+    )
+    assert code == 0 and out.splitlines()[1].split()[2] == "sandbox-sms-cheap"
+
+    code, out, _ = await herald(
+        "routing", "put", str(draft), "--comment", "cheaper", *common, env=env
+    )
+    assert code == 0 and json.loads(out)["version"] == 2
+    code, out, _ = await herald("routing", "versions", *common, env=env)
+    assert out.splitlines()[0].split()[0] == "2" and "cheaper" in out
+    code, out, _ = await herald("routing", "diff", *common, env=env)
+    assert "+  sandbox-sms-cheap:" in out
+    code, out, _ = await herald("routing", "rollback", "1", *common, env=env)
+    assert json.loads(out)["version"] == 3
+
+    code, out, _ = await herald("providers", "drain", "sandbox-sms", *common, env=env)
+    assert json.loads(out)["breaker"] == "open"
+    code, out, _ = await herald("providers", "list", *common, env=env)
+    assert "open (forced)" in out
+    code, out, _ = await herald("providers", "auto", "sandbox-sms", *common, env=env)
+    assert json.loads(out)["override"] is None
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("providers: {}\nrules: [{name: r, match: {}, tiers: [[ghost]]}]\n")
+    code, _, err = await herald("routing", "put", str(broken), *common, env=env)
+    assert code == 1 and "422" in err
