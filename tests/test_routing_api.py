@@ -175,3 +175,23 @@ async def test_a_rules_edit_reaches_running_workers_within_two_seconds(
             [sent] = await stack.sandbox(nid)
             assert sent["provider"] == "sandbox-sms-cheap"
             assert (await stack.notification(nid))["rules_version"] == 2
+
+
+async def test_simulate_agrees_with_what_the_workers_then_do(database_url: str) -> None:
+    async with running_stack(stack_settings(database_url), workers=1) as stack:
+        _, etag = await current(stack)
+        await stack.client.put(
+            "/v1/routing/rules", json=two_sms_providers(), headers={"If-Match": etag}
+        )
+        message = {"channel": "sms", "to": SMS_TO, "category": "transactional"}
+        for drained in (None, "sandbox-sms-cheap"):
+            if drained:
+                await stack.client.put(f"/v1/providers/{drained}/breaker", json={"state": "open"})
+                await asyncio.sleep(1.1)  # workers trust their breaker cache for about a second
+            predicted = (await stack.client.post("/v1/routing/simulate", json=message)).json()
+            chosen = next(c["provider"] for c in predicted["candidates"] if c["healthy"])
+            nid = (await stack.send(**message, body="x")).json()["id"]
+            await stack.wait_status(nid, "sent")
+            [sent] = await stack.sandbox(nid)
+            assert sent["provider"] == chosen
+            assert chosen == ("sandbox-sms" if drained else "sandbox-sms-cheap")
