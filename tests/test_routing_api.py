@@ -13,7 +13,7 @@ import yaml
 
 from config.settings import DEFAULT_ROUTING_FILE
 from producer.auth import KeyStore
-from tests.support.stack import Stack, running_stack, stack_settings
+from tests.support.stack import Stack, WorkerProcess, running_stack, stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -154,27 +154,46 @@ async def test_providers_view_and_manual_drain(api: Stack) -> None:
     ).status_code == 404
 
 
-async def test_a_rules_edit_reaches_running_workers_within_two_seconds(
-    database_url: str, tmp_path: Path
+async def test_edits_and_rollbacks_reach_two_worker_processes_within_two_seconds(
+    settings_for: Any, tmp_path: Path
 ) -> None:
-    async with running_stack(stack_settings(database_url), workers=2) as stack:
-        _, etag = await current(stack)
-        saved = await stack.client.put(
-            "/v1/routing/rules", json=two_sms_providers(), headers={"If-Match": etag}
+    values = settings_for()
+    async with running_stack(values, workers=0) as stack:
+        workers = [WorkerProcess(values, tmp_path / f"worker-{i}.log").start() for i in range(2)]
+        try:
+            await expect_provider(stack, "sandbox-sms", version=1)  # both up, on version 1
+            _, etag = await current(stack)
+            saved = await stack.client.put(
+                "/v1/routing/rules", json=two_sms_providers(), headers={"If-Match": etag}
+            )
+            assert saved.status_code == 200
+            await asyncio.sleep(2)
+            await expect_provider(stack, "sandbox-sms-cheap", version=2)
+            back = await stack.client.post("/v1/routing/rules/rollback", json={"version": 1})
+            assert back.status_code == 200
+            await asyncio.sleep(2)
+            await expect_provider(stack, "sandbox-sms", version=3)
+        finally:
+            for worker in workers:
+                worker.close()
+
+
+async def expect_provider(stack: Stack, provider: str, *, version: int) -> None:
+    """Twenty sends (both workers take some) all went through ``provider`` under ``version``."""
+    ids = [
+        r.json()["id"]
+        for r in await asyncio.gather(
+            *(
+                stack.send(channel="sms", to=SMS_TO, category="transactional", body="x")
+                for _ in range(20)
+            )
         )
-        assert saved.status_code == 200
-        await asyncio.sleep(2)
-        ids = [
-            (
-                await stack.send(channel="sms", to=SMS_TO, category="transactional", body=str(i))
-            ).json()["id"]
-            for i in range(20)
-        ]
-        await stack.wait_all_terminal(ids)
-        for nid in ids:
-            [sent] = await stack.sandbox(nid)
-            assert sent["provider"] == "sandbox-sms-cheap"
-            assert (await stack.notification(nid))["rules_version"] == 2
+    ]
+    await stack.wait_all_terminal(ids)
+    for nid in ids:
+        [sent] = await stack.sandbox(nid)
+        assert sent["provider"] == provider
+        assert (await stack.notification(nid))["rules_version"] == version
 
 
 async def test_simulate_agrees_with_what_the_workers_then_do(database_url: str) -> None:
@@ -195,3 +214,21 @@ async def test_simulate_agrees_with_what_the_workers_then_do(database_url: str) 
             [sent] = await stack.sandbox(nid)
             assert sent["provider"] == chosen
             assert chosen == ("sandbox-sms" if drained else "sandbox-sms-cheap")
+
+
+async def test_with_every_candidate_drained_a_message_waits_instead_of_dying(
+    database_url: str,
+) -> None:
+    async with running_stack(stack_settings(database_url), workers=1) as stack:
+        await stack.client.put("/v1/providers/sandbox-sms/breaker", json={"state": "open"})
+        nid = (
+            await stack.send(channel="sms", to=SMS_TO, category="transactional", body="x")
+        ).json()["id"]
+        waiting = await stack.wait_status(nid, "retry_scheduled")
+        assert waiting["last_error_code"] == "no_healthy_provider"
+        assert waiting["attempts"] == []  # no attempt charged
+        await asyncio.sleep(2)  # several retry rounds later it is still waiting, not dead
+        assert (await stack.notification(nid))["status"] in ("retry_scheduled", "queued")
+        assert (await stack.client.get("/v1/dlq")).json()["items"] == []
+        await stack.client.put("/v1/providers/sandbox-sms/breaker", json={"state": "auto"})
+        await stack.wait_status(nid, "sent", timeout=30)
