@@ -54,6 +54,8 @@ class RulesSource:
             try:
                 rules = parse_rules(stored.document, version=stored.version)
             except RulesError as exc:
+                if self._rules is None:
+                    raise  # nothing to route with: refuse to start
                 log.error("routing_version_unusable", version=stored.version, error=str(exc))
                 return False
             self._rules = rules

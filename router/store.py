@@ -19,6 +19,7 @@ from herald.domain import utcnow
 from herald.errors import HeraldError
 from herald.storage.db import SessionFactory, insert_ignoring_conflicts
 from herald.storage.models import RoutingVersion, table_of
+from router.validation import RulesInvalid, validate_document
 
 VERSIONS = table_of(RoutingVersion)
 
@@ -70,7 +71,11 @@ class RulesStore:
         self.seed_file = seed_file
 
     async def _seed(self) -> None:
+        """Version 1 is the routing file, refused at start-up if it is invalid."""
         document = yaml.safe_load(self.seed_file.read_text())
+        issues = validate_document(document, check_env=False)
+        if any(i.severity == "error" for i in issues):
+            raise RulesInvalid(issues)
         engine = self.sessions.kw["bind"]
         async with self.sessions.begin() as session:
             await session.execute(

@@ -155,12 +155,14 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(
                 return "sending" in (await stack.statuses(ids)).values()
 
             await wait_until(sending)
-            async with httpx.AsyncClient() as plain:
-                scraped = (
-                    await plain.get(f"http://127.0.0.1:{values['metrics_port']}/metrics")
-                ).text
-            assert 'herald_queue_depth{queue="herald.sms.normal"}' in scraped
-            assert "# TYPE herald_sent_total counter" in scraped
+            metrics_url = f"http://127.0.0.1:{values['metrics_port']}/metrics"
+
+            async def depth_exported() -> bool:
+                async with httpx.AsyncClient() as plain:
+                    scraped = (await plain.get(metrics_url)).text
+                return 'herald_queue_depth{queue="herald.sms.normal"}' in scraped
+
+            await wait_until(depth_exported, timeout=10)
             started = time.monotonic()
             assert worker.terminate(timeout=30) == 0
             took = time.monotonic() - started

@@ -232,3 +232,23 @@ async def test_with_every_candidate_drained_a_message_waits_instead_of_dying(
         assert (await stack.client.get("/v1/dlq")).json()["items"] == []
         await stack.client.put("/v1/providers/sandbox-sms/breaker", json={"state": "auto"})
         await stack.wait_status(nid, "sent", timeout=30)
+
+
+async def test_an_invalid_routing_file_is_refused_at_start_up_with_its_path(
+    database_url: str, tmp_path: Path
+) -> None:
+    from herald.storage.db import make_engine, make_session_factory
+    from router.store import RulesStore
+    from router.validation import RulesInvalid
+
+    bad = tmp_path / "routing.yaml"
+    bad.write_text(
+        "providers: {a: {type: sandbox, channel: sms}}\n"
+        "rules: [{name: r, match: {}, tiers: [[b]]}]\n"
+    )
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(RulesInvalid, match=r"rules\[0\]\.tiers\[0\]\[0\]"):
+            await RulesStore(make_session_factory(engine), bad).current()
+    finally:
+        await engine.dispose()
