@@ -26,16 +26,19 @@ from producer.problems import (
     on_validation_error,
     problem_response,
 )
+from producer.receipts import ReceiptRecorder
 from producer.routes_health import router as health_router
 from producer.routes_notifications import router as notifications_router
 from producer.routes_providers import router as providers_router
 from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
+from producer.webhooks import ROUTERS as WEBHOOK_ROUTERS
 from providers.sandbox import SandboxStore
 from router.health import BreakerBoard, breaker_config
 from router.rules import RoutingRules
 from router.source import RulesSource
 from router.store import RulesStore
+from workers.events import EventPublisher
 
 log = get_logger(__name__)
 
@@ -95,6 +98,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.outbox = outbox
         state.accept = AcceptService(resources.sessions, resources.redis, outbox, settings)
         state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
+        assert resources.amqp is not None
+        state.receipts = ReceiptRecorder(resources.sessions, EventPublisher(resources.amqp))
         state.rules_store = rules_store
         state.rules_source = rules_source
         state.breakers = BreakerBoard(
@@ -133,4 +138,6 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.include_router(sandbox_router)
     app.include_router(routing_router)
     app.include_router(providers_router)
+    for webhook_router in WEBHOOK_ROUTERS:
+        app.include_router(webhook_router)
     return app

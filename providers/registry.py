@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.asyncio import Redis
 
 from herald.domain import Channel
 from providers.base import Provider
@@ -17,17 +20,32 @@ class ProviderDeps:
     """Clients shared by every provider of a process (made once at start-up)."""
 
     sandbox_store: SandboxStore
+    redis: Redis
+    #: Where blocking SDK calls run, bounded so a slow vendor cannot eat every thread.
+    blocking: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="vendor")
+    )
+
+
+Factory = Callable[[str, Channel, dict[str, Any], ProviderDeps], Provider]
+
+
+def _sandbox(name: str, channel: Channel, spec: dict[str, Any], deps: ProviderDeps) -> Provider:
+    return SandboxProvider(name, channel, spec, store=deps.sandbox_store)
+
+
+#: Provider type → factory. A new vendor is one module and one line here.
+REGISTRY: dict[str, Factory] = {
+    "sandbox": _sandbox,
+}
 
 
 def build_provider(name: str, spec: dict[str, Any], deps: ProviderDeps) -> Provider:
     kind = spec["type"]
-    channel = Channel(spec["channel"])
-    if kind == "sandbox":
-        return SandboxProvider(name, channel, spec, store=deps.sandbox_store)
-    raise ValueError(f"provider {name!r}: unknown type {kind!r}")
-
-
-PROVIDER_TYPES = frozenset({"sandbox"})
+    factory = REGISTRY.get(kind)
+    if factory is None:
+        raise ValueError(f"provider {name!r}: unknown type {kind!r}")
+    return factory(name, Channel(spec["channel"]), spec, deps)
 
 
 class ProviderSet(Mapping[str, Provider]):
@@ -68,3 +86,4 @@ class ProviderSet(Mapping[str, Provider]):
             await provider.close()
         self._providers.clear()
         self._specs.clear()
+        self.deps.blocking.shutdown(wait=False, cancel_futures=True)

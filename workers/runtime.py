@@ -46,7 +46,10 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     settings = resources.settings
     assert resources.amqp is not None and resources.publisher is not None
     providers = ProviderSet(
-        ProviderDeps(sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep))
+        ProviderDeps(
+            sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep),
+            redis=resources.redis,
+        )
     )
     rules = RulesSource(
         RulesStore(resources.sessions, settings.routing_file),

@@ -84,7 +84,7 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_provider: Mapped[str | None] = mapped_column(String(100))
-    vendor_message_id: Mapped[str | None] = mapped_column(String(200))
+    vendor_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     #: The routing-rules version that chose the provider of the last attempt.
     rules_version: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None]
