@@ -32,6 +32,14 @@ class BackoffPolicy(BaseModel):
     jitter: bool = True
 
 
+class LimitPolicy(BaseModel):
+    """``rate`` requests per ``period_s`` seconds, up to ``burst`` at once (default ``rate``)."""
+
+    rate: int = Field(ge=1)
+    period_s: float = Field(gt=0)
+    burst: int | None = Field(None, ge=1)
+
+
 DEFAULT_BACKOFF: dict[str, dict[str, Any]] = {
     "otp": {"base_s": 1, "factor": 2, "cap_s": 30, "max_attempts": 4},
     "transactional": {},
@@ -90,6 +98,32 @@ class Settings(BaseSettings):
     breaker_cache_s: float = 1.0
     #: How often workers check for a new routing-rules version (besides the broadcast).
     rules_poll_s: float = 1.0
+
+    # Rate limits (GCRA in Redis; general ones fail open to a local limiter, OTP ones closed).
+    limit_api_key: LimitPolicy = LimitPolicy(rate=200, period_s=1, burst=400)
+    #: Per channel and recipient: protects people from floods.
+    limit_recipient: LimitPolicy = LimitPolicy(rate=10, period_s=60)
+    #: SMS-pumping defence for OTP SMS: per destination country and per number prefix.
+    limit_otp_country: LimitPolicy = LimitPolicy(rate=300, period_s=60)
+    limit_otp_prefix: LimitPolicy = LimitPolicy(rate=10, period_s=60)
+    #: How many leading characters of the E.164 number (with "+") make a prefix.
+    otp_prefix_length: int = Field(8, ge=3, le=15)
+    #: ISO country codes SMS may go to (empty: any) and may never go to.
+    sms_country_allow: list[str] = []
+    sms_country_deny: list[str] = []
+    #: Most a caller (API key) may spend per UTC day, in the routing costs' currency.
+    spend_cap_per_key_per_day: float | None = None
+
+    # One-time passcodes.
+    otp_ttl_s: int = Field(600, ge=30)
+    otp_max_ttl_s: int = Field(1800, ge=30)
+    otp_resend_cooldown_s: int = Field(30, ge=0)
+    otp_max_sends: int = Field(5, ge=1)
+    otp_send_window_s: int = Field(600, ge=1)
+    otp_max_attempts: int = Field(5, ge=1)
+    otp_code_length: int = Field(6, ge=4, le=10)
+    #: When the first channel has not delivered by then, the code goes out on the fallback.
+    otp_fallback_after_s: int = Field(60, ge=1)
 
     # Sandbox providers.
     sandbox_enabled: bool = True

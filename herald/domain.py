@@ -113,6 +113,8 @@ class Envelope:
     caller: str | None = None
     generation: int = 0
     provider_override: str | None = None
+    #: An OTP's id: the worker renders the code into the body at send time.
+    otp_id: str | None = None
 
     @property
     def routing_key(self) -> str:
@@ -138,6 +140,7 @@ class Envelope:
                 "caller": self.caller,
                 "generation": self.generation,
                 "provider_override": self.provider_override,
+                "otp_id": self.otp_id,
             }
         )
 
@@ -160,4 +163,5 @@ class Envelope:
             caller=d.get("caller"),
             generation=d.get("generation", 0),
             provider_override=d.get("provider_override"),
+            otp_id=d.get("otp_id"),
         )

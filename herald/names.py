@@ -71,3 +71,20 @@ def sandbox_by_notification_key(notification_id: str) -> str:
 def ratelimit_key(key: str) -> str:
     """One GCRA bucket (its theoretical arrival time); ``key`` names the policy and subject."""
     return f"{REDIS_PREFIX}rl:{key}"
+
+
+def otp_current_key(recipient: str) -> str:
+    """The OTP id currently valid for a recipient (a hash, never the address itself)."""
+    return f"{REDIS_PREFIX}otp:current:{recipient}"
+
+
+def otp_record_key(otp_id: str) -> str:
+    return f"{REDIS_PREFIX}otp:record:{otp_id}"
+
+
+def otp_attempts_key(recipient: str) -> str:
+    return f"{REDIS_PREFIX}otp:attempts:{recipient}"
+
+
+def spend_key(api_key_id: str, day: str) -> str:
+    return f"{REDIS_PREFIX}spend:{api_key_id}:{day}"

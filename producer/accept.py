@@ -48,7 +48,7 @@ def request_fingerprint(payload: dict[str, object]) -> str:
 
 def stored_body(send: ValidSend) -> str | None:
     """OTP bodies carry the code: the database only ever sees them redacted."""
-    return REDACTED if send.category is Category.OTP and send.body else send.body
+    return REDACTED if send.category is Category.OTP else send.body
 
 
 class AcceptService:
@@ -150,6 +150,7 @@ class AcceptService:
             metadata=send.metadata,
             expires_at=send.expires_at,
             caller=principal.name,
+            otp_id=send.otp_id,
         )
         payload = envelope.to_bytes()
         publish_now = send.send_at is None

@@ -18,6 +18,7 @@ from herald.resources import Resources
 from producer.accept import AcceptService
 from producer.auth import KeyStore
 from producer.limits import BodySizeLimit
+from producer.otp import OtpStore
 from producer.outbox import Outbox
 from producer.problems import (
     Problem,
@@ -26,14 +27,18 @@ from producer.problems import (
     on_validation_error,
     problem_response,
 )
+from producer.ratelimits import SpendGuard
 from producer.receipts import ReceiptRecorder
 from producer.routes_health import router as health_router
 from producer.routes_notifications import router as notifications_router
+from producer.routes_otp import router as otp_router
 from producer.routes_providers import router as providers_router
 from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
 from producer.webhooks import ROUTERS as WEBHOOK_ROUTERS
 from providers.sandbox import SandboxStore
+from ratelimit import RedisRateLimiter
+from ratelimit.guard import Guard
 from router.health import BreakerBoard, breaker_config
 from router.rules import RoutingRules
 from router.source import RulesSource
@@ -100,6 +105,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
         assert resources.amqp is not None
         state.receipts = ReceiptRecorder(resources.sessions, EventPublisher(resources.amqp))
+        state.guard = Guard(RedisRateLimiter(resources.redis))
+        state.spend = SpendGuard(resources.redis, settings.spend_cap_per_key_per_day)
+        state.otp = OtpStore(resources.redis, settings)
         state.rules_store = rules_store
         state.rules_source = rules_source
         state.breakers = BreakerBoard(
@@ -138,6 +146,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.include_router(sandbox_router)
     app.include_router(routing_router)
     app.include_router(providers_router)
+    app.include_router(otp_router)
     for webhook_router in WEBHOOK_ROUTERS:
         app.include_router(webhook_router)
     return app

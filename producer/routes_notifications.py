@@ -10,13 +10,27 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from herald import metrics
-from herald.domain import utcnow
+from herald.domain import Category, Envelope, utcnow
 from herald.storage.models import Attempt, Notification
 from producer.accept import AcceptService, request_fingerprint
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import Problem
-from producer.validation import Limits, SendRequest, check_idempotency_key, validate_send
+from producer.ratelimits import (
+    PUMPING_POLICIES,
+    check_destination,
+    enforce,
+    otp_checks,
+    send_checks,
+)
+from producer.validation import (
+    Limits,
+    SendRequest,
+    ValidSend,
+    check_idempotency_key,
+    validate_send,
+)
+from router.select import plan
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
@@ -35,16 +49,37 @@ async def send_notification(
     valid = validate_send(
         payload, Limits(settings.max_body_chars, settings.max_metadata_bytes), utcnow()
     )
+    check_destination(settings, valid.channel, valid.to)
+    checks = send_checks(settings, principal, valid.channel, valid.to)
+    if valid.category is Category.OTP:  # a caller's own OTP: the pumping limits apply too
+        checks += [
+            c for c in otp_checks(settings, valid.channel, valid.to) if c.policy in PUMPING_POLICIES
+        ]
+    limit_headers = await enforce(request.app.state.guard, checks)
+    await request.app.state.spend.charge(principal, estimated_cost(request, valid))
     fingerprint = request_fingerprint(payload.model_dump(mode="json")) if key else None
     service: AcceptService = request.app.state.accept
     accepted = await service.accept(principal, valid, idempotency_key=key, fingerprint=fingerprint)
-    headers = {"Location": f"/v1/notifications/{accepted.id}"}
+    headers = {"Location": f"/v1/notifications/{accepted.id}", **limit_headers}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
     metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return JSONResponse(
         {"id": accepted.id, "status": accepted.status}, status_code=202, headers=headers
     )
+
+
+def estimated_cost(request: Request, valid: ValidSend) -> float:
+    """What the cheapest provider the rules would pick charges for this message."""
+    message = Envelope(
+        id="estimate",
+        channel=valid.channel,
+        to=valid.to,
+        category=valid.category,
+        priority=valid.priority,
+    )
+    route = plan(request.app.state.rules_source.current(), message)
+    return route.order[0].cost if route.order else 0.0
 
 
 @router.get("/{notification_id}")

@@ -58,6 +58,8 @@ class ValidSend:
     metadata: dict[str, Any]
     expires_at: datetime | None
     send_at: datetime | None
+    #: Set for OTP messages: the worker renders the code; the request has no body.
+    otp_id: str | None = None
 
 
 def reject_line_breaks(field: str, value: str) -> None:

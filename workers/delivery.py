@@ -31,6 +31,7 @@ from router.select import plan
 from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
+from workers.otp_render import OtpRenderer
 from workers.store import DeliveryStore, Interrupted, Skip
 from workers.throttle import ProviderThrottle
 
@@ -74,6 +75,7 @@ class DeliveryContext:
     rules: Callable[[], RoutingRules]
     breakers: BreakerBoard
     throttle: ProviderThrottle
+    otp: OtpRenderer
 
 
 class Delivery:
@@ -113,6 +115,12 @@ class Delivery:
 
     async def _deliver_claimed(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
         ctx = self.ctx
+        if message.otp_id is not None:
+            rendered = await ctx.otp.render(message)
+            if rendered is None:  # used, dead or expired: never send it
+                await ctx.claims.release(message.id, message.generation)
+                return await self._expire(message, raw)
+            message = rendered
         rules = ctx.rules()
         available = await ctx.breakers.availability(rules.providers)
         route = plan(rules, message, available)

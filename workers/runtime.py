@@ -18,6 +18,7 @@ from workers.claims import Claims
 from workers.consumer import Consumer
 from workers.delivery import Delivery, DeliveryContext
 from workers.events import EventPublisher
+from workers.otp_render import OtpRenderer
 from workers.store import DeliveryStore
 from workers.throttle import ProviderThrottle
 
@@ -67,6 +68,7 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
         providers=providers,
         rules=rules.current,
         throttle=ProviderThrottle(RedisRateLimiter(resources.redis)),
+        otp=OtpRenderer(resources.redis, settings.otp_secret.get_secret_value().encode()),
         breakers=BreakerBoard(
             resources.redis, breaker_config(settings), cache_s=settings.breaker_cache_s
         ),

@@ -96,19 +96,24 @@ async def queue_depths(settings: Settings) -> dict[str, int]:
         return depths
 
 
-class WorkerProcess:
-    """``herald worker`` in a child process, so a test can SIGKILL or SIGTERM it."""
+class HeraldProcess:
+    """A ``herald`` command in a child process, so a test can SIGKILL or SIGTERM it."""
+
+    command = "worker"
 
     def __init__(self, values: dict[str, Any], log_path: Path) -> None:
         self.values = values
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> HeraldProcess:
         herald = Path(sys.executable).with_name("herald")
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(herald), "worker"], env=as_env(self.values), stdout=self._log, stderr=self._log
+            [str(herald), self.command],
+            env=as_env(self.values),
+            stdout=self._log,
+            stderr=self._log,
         )
         return self
 
@@ -128,6 +133,29 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.kill()
         self._log.close()
+
+
+class WorkerProcess(HeraldProcess):
+    command = "worker"
+
+
+class ApiProcess(HeraldProcess):
+    """``herald api`` on ``values["api_port"]``; ``wait_ready`` polls /readyz."""
+
+    command = "api"
+
+    async def wait_ready(self, timeout: float = 30) -> str:
+        url = f"http://127.0.0.1:{self.values['api_port']}"
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                try:
+                    if (await client.get(f"{url}/readyz")).status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"herald api on {url} did not become ready")
 
 
 class Stack:

@@ -1,0 +1,157 @@
+"""The rate-limit and abuse policies of the send and OTP endpoints (DESIGN §8).
+
+Checks are built here from settings; ``ratelimit.Guard`` applies them. A refusal is a
+``429`` with ``Retry-After`` and ``RateLimit-*`` headers naming the policy; an OTP limit
+that cannot be decided (Redis down) is a ``503``. Nothing is queued by a refusal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from config.settings import LimitPolicy, Settings
+from herald import names
+from herald.domain import Channel
+from herald.logs import get_logger
+from herald.otp import recipient_key
+from producer.auth import Principal
+from producer.problems import FieldError, Problem
+from ratelimit import Limit, rate_limit_headers
+from ratelimit.guard import Check, Guard, Verdict
+from router.select import destination_country
+
+log = get_logger(__name__)
+
+
+def limit_of(policy: LimitPolicy) -> Limit:
+    return Limit(rate=policy.rate, period_s=policy.period_s, burst=policy.burst)
+
+
+def send_checks(settings: Settings, principal: Principal, channel: Channel, to: str) -> list[Check]:
+    """Every send: the caller's rate, and the recipient's (floods hurt people)."""
+    return [
+        Check("api_key", f"key:{principal.id}", limit_of(settings.limit_api_key)),
+        Check(
+            "recipient",
+            f"rcpt:{recipient_key(channel.value, to)}",
+            limit_of(settings.limit_recipient),
+        ),
+    ]
+
+
+def otp_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
+    """OTP sends fail closed: the resend cooldown, sends per window, and for SMS the
+    pumping velocity limits per destination country and number prefix."""
+    recipient = recipient_key(channel.value, to)
+    checks = [
+        Check(
+            "otp_resend_cooldown",
+            f"otp-cooldown:{recipient}",
+            Limit(rate=1, period_s=max(settings.otp_resend_cooldown_s, 1), burst=1),
+            fail_closed=True,
+        ),
+        Check(
+            "otp_sends",
+            f"otp-sends:{recipient}",
+            Limit(rate=settings.otp_max_sends, period_s=settings.otp_send_window_s),
+            fail_closed=True,
+        ),
+    ]
+    if channel is Channel.SMS:
+        country = destination_country(channel, to) or "unknown"
+        prefix = to[: settings.otp_prefix_length]
+        checks += [
+            Check(
+                "otp_country",
+                f"otp-country:{country}",
+                limit_of(settings.limit_otp_country),
+                fail_closed=True,
+            ),
+            Check(
+                "otp_prefix",
+                f"otp-prefix:{prefix}",
+                limit_of(settings.limit_otp_prefix),
+                fail_closed=True,
+            ),
+        ]
+    return checks
+
+
+#: The OTP checks that also guard an OTP a caller sends itself through /v1/notifications.
+PUMPING_POLICIES = ("otp_country", "otp_prefix")
+
+
+def check_destination(settings: Settings, channel: Channel, to: str) -> None:
+    """Countries SMS may (not) go to: a clear 422 before anything is stored or paid."""
+    if channel is not Channel.SMS:
+        return
+    country = destination_country(channel, to)
+    if settings.sms_country_deny and country in settings.sms_country_deny:
+        raise FieldError("to", f"SMS to {country} numbers is not allowed")
+    if settings.sms_country_allow and country not in settings.sms_country_allow:
+        raise FieldError("to", f"SMS to {country} numbers is not allowed (not in the allow list)")
+
+
+async def enforce(guard: Guard, checks: list[Check]) -> dict[str, str]:
+    """Spend from every check; the headers to send back, or a 429/503 problem."""
+    verdict = await guard.check(checks)
+    if verdict.backend_down:
+        raise Problem(
+            503,
+            "Service unavailable",
+            "rate limits that protect one-time passcodes cannot be checked right now",
+            headers={"Retry-After": "5"},
+        )
+    headers = _headers(verdict)
+    if not verdict.allowed:
+        raise Problem(
+            429,
+            "Too many requests",
+            f"limit '{verdict.policy}' reached; retry after {headers.get('Retry-After', '1')} s",
+            errors=[{"field": "policy", "message": verdict.policy or "rate limit"}],
+            headers=headers,
+        )
+    return headers
+
+
+def _headers(verdict: Verdict) -> dict[str, str]:
+    if verdict.decision is None or verdict.limit is None:
+        return {}
+    return rate_limit_headers(verdict.decision, verdict.limit)
+
+
+class SpendGuard:
+    """A daily spend cap per API key, counted from the routing costs of what was accepted.
+
+    It fails open (Redis down: no cap for the moment, logged), like the general limits.
+    """
+
+    def __init__(self, redis: Redis, cap: float | None) -> None:
+        self.redis = redis
+        self.cap = cap
+
+    async def charge(self, principal: Principal, cost: float) -> None:
+        if self.cap is None or cost <= 0:
+            return
+        now = datetime.now(UTC)
+        key = names.spend_key(principal.id, now.strftime("%Y%m%d"))
+        try:
+            total = float(await self.redis.incrbyfloat(key, cost))
+            await self.redis.expire(key, 2 * 86400)
+            if total <= self.cap:
+                return
+            await self.redis.incrbyfloat(key, -cost)
+        except RedisError as exc:
+            log.warning("spend_cap_unchecked", error=repr(exc))
+            return
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        raise Problem(
+            429,
+            "Daily spend cap reached",
+            f"this API key may spend {self.cap} per day; it resets at 00:00 UTC",
+            errors=[{"field": "policy", "message": "spend_cap"}],
+            headers={"Retry-After": str(int((midnight - now).total_seconds()) + 1)},
+        )

@@ -1,0 +1,143 @@
+"""``POST /v1/otp`` and ``POST /v1/otp/verify``: send a passcode, check what was typed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from herald.domain import Category, Channel, Priority, utcnow
+from herald.otp import TEMPLATES, check_template
+from producer.auth import Principal
+from producer.deps import require
+from producer.problems import FieldError, Problem
+from producer.ratelimits import check_destination, enforce, otp_checks, send_checks
+from producer.routes_notifications import estimated_cost
+from producer.validation import ValidSend, normalize_email, normalize_phone
+
+router = APIRouter(prefix="/v1/otp", tags=["otp"])
+
+
+class OtpRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=320)
+    channel: Literal["sms", "email"] = "sms"
+    locale: str | None = Field(None, max_length=10)
+    template: str | None = Field(None, max_length=500)
+    code_length: int | None = Field(None, ge=4, le=10)
+    ttl_s: int | None = Field(None, ge=1)
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=320)
+    code: str = Field(min_length=1, max_length=20)
+    channel: Literal["sms", "email"] | None = None
+
+
+def _recipient(channel: Channel, to: str) -> str:
+    return normalize_phone(to) if channel is Channel.SMS else normalize_email(to)
+
+
+def _redis_down() -> Problem:
+    return Problem(
+        503,
+        "Service unavailable",
+        "one-time passcodes need Redis, which is unreachable",
+        headers={"Retry-After": "5"},
+    )
+
+
+@router.post("", status_code=202)
+async def send_otp(
+    request: Request, body: OtpRequest, principal: Annotated[Principal, Depends(require("otp"))]
+) -> JSONResponse:
+    """Send a passcode (the same code again while it is valid, after the cooldown)."""
+    state = request.app.state
+    settings = state.settings
+    channel = Channel(body.channel)
+    to = _recipient(channel, body.to)
+    if body.template is not None:
+        try:
+            check_template(body.template)
+        except ValueError as exc:
+            raise FieldError("template", str(exc)) from None
+    if body.locale is not None and body.template is None and body.locale not in TEMPLATES:
+        raise FieldError("locale", f"no template for {body.locale!r}; one of {sorted(TEMPLATES)}")
+    ttl_s = body.ttl_s or settings.otp_ttl_s
+    if ttl_s > settings.otp_max_ttl_s:
+        raise FieldError("ttl_s", f"must be at most {settings.otp_max_ttl_s}")
+    check_destination(settings, channel, to)
+    headers = await enforce(
+        state.guard,
+        send_checks(settings, principal, channel, to) + otp_checks(settings, channel, to),
+    )
+    try:
+        issued = await state.otp.issue(
+            channel,
+            to,
+            ttl_s=ttl_s,
+            length=body.code_length or settings.otp_code_length,
+            template=body.template,
+            locale=body.locale,
+        )
+    except RedisError:
+        raise _redis_down() from None
+    valid = ValidSend(
+        channel=channel,
+        to=to,
+        category=Category.OTP,
+        priority=Priority.HIGH,
+        subject=None,
+        body=None,
+        data={},
+        metadata={},
+        expires_at=issued.expires_at,
+        send_at=None,
+        otp_id=issued.otp_id,
+    )
+    await state.spend.charge(principal, estimated_cost(request, valid))
+    accepted = await state.accept.accept(principal, valid, idempotency_key=None, fingerprint=None)
+    resend_after = utcnow() + timedelta(seconds=settings.otp_resend_cooldown_s)
+    return JSONResponse(
+        {
+            "otp_id": issued.otp_id,
+            "expires_at": issued.expires_at.isoformat(),
+            "resend_after": resend_after.isoformat(),
+            "notification_id": accepted.id,
+            "resent": issued.resent,
+        },
+        status_code=202,
+        headers=headers,
+    )
+
+
+@router.post("/verify")
+async def verify_otp(
+    request: Request, body: VerifyRequest, _: Annotated[Principal, Depends(require("otp"))]
+) -> dict[str, Any]:
+    """``{valid, attempts_left}``; ``429`` once the attempts are spent. A right code
+    works once. The answer is the same whether or not the recipient ever had a code."""
+    channel = Channel(body.channel or ("email" if "@" in body.to else "sms"))
+    to = _recipient(channel, body.to)
+    if not body.code.isdigit():
+        raise FieldError("code", "must be digits")
+    try:
+        result = await request.app.state.otp.verify(channel, to, body.code)
+    except RedisError:
+        raise _redis_down() from None
+    if result.locked:
+        raise Problem(
+            429,
+            "Too many attempts",
+            "this code can no longer be verified; request a new one",
+            errors=[{"field": "code", "message": "too many wrong attempts"}],
+            headers={"Retry-After": str(request.app.state.settings.otp_resend_cooldown_s or 1)},
+        )
+    return {"valid": result.valid, "attempts_left": result.attempts_left}
