@@ -26,6 +26,8 @@ app.add_typer(routing_app, name="routing")
 app.add_typer(sandbox_app, name="sandbox")
 providers_app = typer.Typer(help="Providers: health, breakers, drain.", no_args_is_help=True)
 app.add_typer(providers_app, name="providers")
+otp_app = typer.Typer(help="One-time passcodes.", no_args_is_help=True)
+app.add_typer(otp_app, name="otp")
 
 
 def _settings() -> Settings:
@@ -394,3 +396,27 @@ def providers_force_close(name: str, url: UrlOption = None, key: KeyOption = Non
 def providers_auto(name: str, url: UrlOption = None, key: KeyOption = None) -> None:
     """Hand the breaker back to the failure rate."""
     _breaker(name, "auto", url, key)
+
+
+@otp_app.command("send")
+def otp_send(
+    to: Annotated[str, typer.Option(help="E.164 number or e-mail address")],
+    channel: Annotated[str, typer.Option(help="sms or email")] = "sms",
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Send a one-time passcode (on-call check: does OTP delivery work end to end?)."""
+    with _client(url, key) as client:
+        _show(client.post("/v1/otp", json={"to": to, "channel": channel}))
+
+
+@otp_app.command("verify")
+def otp_verify(
+    to: Annotated[str, typer.Option(help="The recipient the code was sent to")],
+    code: Annotated[str, typer.Option(help="The code as received")],
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Check a code: prints {valid, attempts_left}; exit 1 when locked (429)."""
+    with _client(url, key) as client:
+        _show(client.post("/v1/otp/verify", json={"to": to, "code": code}))

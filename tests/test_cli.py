@@ -152,3 +152,22 @@ async def test_routing_and_providers_commands(stack: Stack, tmp_path: Path) -> N
     broken.write_text("providers: {}\nrules: [{name: r, match: {}, tiers: [[ghost]]}]\n")
     code, _, err = await herald("routing", "put", str(broken), *common, env=env)
     assert code == 1 and "422" in err
+
+
+@pytest.mark.integration
+async def test_otp_commands(stack: Stack) -> None:
+    import re
+
+    env = as_env({"api_key": ADMIN_KEY})
+    common = ["--url", stack.url]
+    code, out, _ = await herald("otp", "send", "--to", "+447400123456", *common, env=env)
+    assert code == 0
+    nid = json.loads(out)["notification_id"]
+    await stack.wait_status(nid, "sent")
+    [message] = await stack.sandbox(nid)
+    match = re.search(r"\d{6}", message["body"])
+    assert match is not None
+    code, out, _ = await herald(
+        "otp", "verify", "--to", "+447400123456", "--code", match.group(0), *common, env=env
+    )
+    assert code == 0 and json.loads(out) == {"valid": True, "attempts_left": 4}
