@@ -114,6 +114,9 @@ class OtpStore:
             await pipe.execute()
         return IssuedOtp(otp_id, expires_at, resent=False)
 
+    async def set_fallbacks(self, otp_id: str, notification_ids: list[str]) -> None:
+        await self.redis.hset(names.otp_record_key(otp_id), "fallbacks", ",".join(notification_ids))
+
     async def verify(self, channel: Channel, to: str, code: str) -> VerifyResult:
         recipient = recipient_key(channel.value, to)
         left, otp_id = await self._reserve(

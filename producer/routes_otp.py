@@ -14,12 +14,20 @@ from herald.domain import Category, Channel, Priority, utcnow
 from herald.otp import TEMPLATES, check_template
 from producer.auth import Principal
 from producer.deps import require
+from producer.otp import IssuedOtp
 from producer.problems import FieldError, Problem
 from producer.ratelimits import check_destination, enforce, otp_checks, send_checks
 from producer.routes_notifications import estimated_cost
 from producer.validation import ValidSend, normalize_email, normalize_phone
 
 router = APIRouter(prefix="/v1/otp", tags=["otp"])
+
+
+class Fallback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["sms", "email"]
+    to: str = Field(min_length=1, max_length=320)
 
 
 class OtpRequest(BaseModel):
@@ -31,6 +39,9 @@ class OtpRequest(BaseModel):
     template: str | None = Field(None, max_length=500)
     code_length: int | None = Field(None, ge=4, le=10)
     ttl_s: int | None = Field(None, ge=1)
+    #: Where the same code goes next if this channel fails for good or has not
+    #: delivered within HERALD_OTP_FALLBACK_AFTER_S, in order.
+    fallback: list[Fallback] = Field(default_factory=list, max_length=2)
 
 
 class VerifyRequest(BaseModel):
@@ -43,6 +54,49 @@ class VerifyRequest(BaseModel):
 
 def _recipient(channel: Channel, to: str) -> str:
     return normalize_phone(to) if channel is Channel.SMS else normalize_email(to)
+
+
+def _recipient_field(channel: Channel, to: str, field: str) -> str:
+    try:
+        return _recipient(channel, to)
+    except FieldError as exc:
+        raise FieldError(field, exc.errors[0]["message"]) from None
+
+
+async def _queue_fallbacks(
+    request: Request,
+    principal: Principal,
+    issued: IssuedOtp,
+    fallbacks: list[tuple[Channel, str]],
+    primary_id: str,
+) -> list[str]:
+    """Schedule the same code on each fallback channel; a worker skips one that is no
+    longer needed, and a permanent failure upstream brings the next one forward."""
+    state = request.app.state
+    chain = [primary_id]
+    for step, (channel, to) in enumerate(fallbacks, start=1):
+        send_at = utcnow() + timedelta(seconds=step * state.settings.otp_fallback_after_s)
+        if send_at >= issued.expires_at:
+            break
+        valid = ValidSend(
+            channel=channel,
+            to=to,
+            category=Category.OTP,
+            priority=Priority.HIGH,
+            subject=None,
+            body=None,
+            data={},
+            metadata={"otp_chain": list(chain)},
+            expires_at=issued.expires_at,
+            send_at=send_at,
+            otp_id=issued.otp_id,
+        )
+        accepted = await state.accept.accept(
+            principal, valid, idempotency_key=None, fingerprint=None
+        )
+        chain.append(accepted.id)
+    await state.otp.set_fallbacks(issued.otp_id, chain[1:])
+    return chain[1:]
 
 
 def _redis_down() -> Problem:
@@ -70,6 +124,10 @@ async def send_otp(
             raise FieldError("template", str(exc)) from None
     if body.locale is not None and body.template is None and body.locale not in TEMPLATES:
         raise FieldError("locale", f"no template for {body.locale!r}; one of {sorted(TEMPLATES)}")
+    fallbacks = [
+        (Channel(f.channel), _recipient_field(Channel(f.channel), f.to, f"fallback.{i}.to"))
+        for i, f in enumerate(body.fallback)
+    ]
     ttl_s = body.ttl_s or settings.otp_ttl_s
     if ttl_s > settings.otp_max_ttl_s:
         raise FieldError("ttl_s", f"must be at most {settings.otp_max_ttl_s}")
@@ -104,6 +162,9 @@ async def send_otp(
     )
     await state.spend.charge(principal, estimated_cost(request, valid))
     accepted = await state.accept.accept(principal, valid, idempotency_key=None, fingerprint=None)
+    fallback_ids: list[str] = []
+    if fallbacks and not issued.resent:
+        fallback_ids = await _queue_fallbacks(request, principal, issued, fallbacks, accepted.id)
     resend_after = utcnow() + timedelta(seconds=settings.otp_resend_cooldown_s)
     return JSONResponse(
         {
@@ -112,6 +173,7 @@ async def send_otp(
             "resend_after": resend_after.isoformat(),
             "notification_id": accepted.id,
             "resent": issued.resent,
+            "fallback_notification_ids": fallback_ids,
         },
         status_code=202,
         headers=headers,

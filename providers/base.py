@@ -40,6 +40,9 @@ class BaseProvider:
     """Defaults for the optional parts of the interface."""
 
     type_name: ClassVar[str]
+    #: Does this vendor report delivery (receipts)? Without them, ``sent`` is the best
+    #: news we get, and an OTP fallback treats it as delivered.
+    supports_receipts: ClassVar[bool] = False
     max_body_chars: ClassVar[int | None] = None
     default_max_per_s: ClassVar[float | None] = None
 

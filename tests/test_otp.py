@@ -178,3 +178,42 @@ async def test_redis_down_otp_refused_plain_sends_accepted(database_url: str) ->
         assert refused.status_code == 503
         accepted = await api.send(channel="sms", to=PHONE, category="transactional", body="hi")
         assert accepted.status_code == 202
+
+
+FALLBACK = [{"channel": "email", "to": "dave@example.com"}]
+
+
+async def test_fallback_goes_out_at_once_when_the_first_channel_fails_for_good(
+    database_url: str,
+) -> None:
+    async with running_stack(stack_settings(database_url, otp_fallback_after_s=60)) as stack:
+        await stack.set_sandbox("sandbox-sms", "permanent")
+        sent = await send_otp(stack, fallback=FALLBACK)
+        [email_id] = sent["fallback_notification_ids"]
+        await stack.wait_status(sent["notification_id"], "failed")
+        code = await delivered_code(stack, email_id)  # long before the 60 s fallback time
+        [email] = await stack.sandbox(email_id)
+        assert email["to"] == "dave@example.com"
+        assert await verify(stack, code) == (200, {"valid": True, "attempts_left": 4})
+
+
+async def test_fallback_after_the_wait_when_the_first_channel_has_not_delivered(
+    database_url: str,
+) -> None:
+    async with running_stack(stack_settings(database_url, otp_fallback_after_s=1)) as stack:
+        await stack.set_sandbox("sandbox-sms", "transient")  # retrying, never delivering
+        sent = await send_otp(stack, fallback=FALLBACK)
+        [email_id] = sent["fallback_notification_ids"]
+        code = await delivered_code(stack, email_id)
+        assert (await verify(stack, code))[1]["valid"] is True
+
+
+async def test_no_fallback_when_the_first_channel_delivered(database_url: str) -> None:
+    async with running_stack(stack_settings(database_url, otp_fallback_after_s=1)) as stack:
+        sent = await send_otp(stack, fallback=FALLBACK)
+        [email_id] = sent["fallback_notification_ids"]
+        await stack.wait_status(sent["notification_id"], "sent")
+        skipped = await stack.wait_status(email_id, "expired", timeout=15)
+        assert skipped["last_error_code"] == "otp_not_needed"
+        assert await stack.sandbox(email_id) == []
+        assert (await stack.client.get("/v1/dlq")).json()["items"] == [], "nothing was lost"

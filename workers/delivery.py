@@ -31,7 +31,7 @@ from router.select import plan
 from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
-from workers.otp_render import OtpRenderer
+from workers.otp_render import OtpRenderer, fallback_ids
 from workers.store import DeliveryStore, Interrupted, Skip
 from workers.throttle import ProviderThrottle
 
@@ -117,9 +117,11 @@ class Delivery:
         ctx = self.ctx
         if message.otp_id is not None:
             rendered = await ctx.otp.render(message)
-            if rendered is None:  # used, dead or expired: never send it
+            if isinstance(rendered, str) or await self._earlier_channel_delivered(message):
                 await ctx.claims.release(message.id, message.generation)
-                return await self._expire(message, raw)
+                if rendered in ("dead", "expired"):
+                    return await self._expire(message, raw)
+                return await self._not_needed(message, now)
             message = rendered
         rules = ctx.rules()
         available = await ctx.breakers.availability(rules.providers)
@@ -230,6 +232,39 @@ class Delivery:
                 error_code=failure.code,
             )
         return failure
+
+    async def _earlier_channel_delivered(self, message: Envelope) -> bool:
+        """An OTP fallback is needed only while no earlier channel delivered the code
+        (``sent`` counts as delivered for a vendor that sends no receipts)."""
+        chain = message.metadata.get("otp_chain") or []
+        for status, provider_name in await self.ctx.store.delivery_states(chain):
+            if status == Status.DELIVERED.value:
+                return True
+            provider = self.ctx.providers.get(provider_name or "")
+            if status == Status.SENT.value and not getattr(provider, "supports_receipts", False):
+                return True
+        return False
+
+    async def _not_needed(self, message: Envelope, now: datetime) -> Disposition:
+        """Nothing was lost (the code was verified, or came through on another channel):
+        ``expired`` without a dead letter."""
+        await self.ctx.store.set_status(
+            message.id,
+            Status.EXPIRED,
+            now,
+            error="not needed: the code was used or delivered",
+            error_code="otp_not_needed",
+            only_if_not_terminal=True,
+        )
+        return Disposition.ACK
+
+    async def _hurry_fallback(self, message: Envelope) -> None:
+        """This OTP message failed for good: its next fallback channel goes now."""
+        assert message.otp_id is not None
+        chain = await fallback_ids(self.ctx.otp.redis, message.otp_id)
+        position = chain.index(message.id) + 1 if message.id in chain else 0
+        if position < len(chain):
+            await self.ctx.store.publish_now(chain[position])
 
     async def _fail(
         self, message: Envelope, raw: bytes, failure: SendFailure, attempt_no: int
@@ -417,6 +452,8 @@ class Delivery:
         metrics.DEAD_LETTERED.labels(
             message.channel.value, message.category.value, reason.value
         ).inc()
+        if message.otp_id is not None:
+            await self._hurry_fallback(message)
         await self.ctx.events.publish(status.value, message, reason=reason.value, error_code=code)
         return await self._publish_dead_letter(
             message, raw, reason, error, code, provider, attempts

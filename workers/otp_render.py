@@ -19,17 +19,25 @@ from herald.text import as_text
 EMAIL_SUBJECT = "Your verification code"
 
 
+async def fallback_ids(redis: Redis, otp_id: str) -> list[str]:
+    """The notifications queued to carry this OTP on the fallback channels, in order."""
+    raw = await redis.hget(names.otp_record_key(otp_id), "fallbacks")
+    return [i for i in as_text(raw).split(",") if i] if raw else []
+
+
 class OtpRenderer:
     def __init__(self, redis: Redis, secret: bytes) -> None:
         self.redis = redis
         self.secret = secret
 
-    async def render(self, message: Envelope) -> Envelope | None:
-        """The message with its code in the body, or None when the OTP is no longer live."""
+    async def render(self, message: Envelope) -> Envelope | str:
+        """The message with its code in the body, or why it must not be sent: ``"used"``
+        (verified already), ``"dead"`` (too many wrong tries) or ``"expired"``."""
         assert message.otp_id is not None
         record = await self.redis.hgetall(names.otp_record_key(message.otp_id))
-        if record.get(b"state") != b"live":
-            return None
+        state = as_text(record.get(b"state", b"expired"))
+        if state != "live":
+            return state
         code = derive_code(
             self.secret, message.otp_id, as_text(record[b"nonce"]), int(record[b"length"])
         )

@@ -9,12 +9,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status
+from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status, utcnow
 from herald.storage.db import SessionFactory, inserted_id
-from herald.storage.models import Attempt, Notification, table_of
+from herald.storage.models import Attempt, Notification, OutboxEntry, table_of
 
 N = table_of(Notification)
 A = table_of(Attempt)
+OUTBOX = table_of(OutboxEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,3 +208,22 @@ class DeliveryStore:
                 )
             ).first()
             return dict(row._mapping) if row else None
+
+    async def delivery_states(self, ids: list[str]) -> list[tuple[str, str | None]]:
+        """(status, last provider) of each notification in ``ids`` that exists."""
+        if not ids:
+            return []
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(N.c.status, N.c.last_provider).where(N.c.id.in_(ids))
+            )
+            return [(r.status, r.last_provider) for r in rows]
+
+    async def publish_now(self, notification_id: str) -> None:
+        """Bring a scheduled send forward: the outbox relay publishes it on its next pass."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.notification_id == notification_id)
+                .values(available_at=utcnow())
+            )
