@@ -24,7 +24,7 @@ from tests.support.stack import Stack, running_stack, stack_settings
 TEST_PG_ADMIN_URL = os.environ.get(
     "HERALD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-TEST_PG_DATABASE = "herald_test"
+TEST_PG_DATABASE = os.environ.get("HERALD_TEST_PG_DATABASE", "herald_test")
 TEST_PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{TEST_PG_DATABASE}"
 
 
