@@ -88,3 +88,8 @@ def otp_attempts_key(recipient: str) -> str:
 
 def spend_key(api_key_id: str, day: str) -> str:
     return f"{REDIS_PREFIX}spend:{api_key_id}:{day}"
+
+
+def unregistered_token_key(provider: str, token_hash: str) -> str:
+    """A push token the vendor said is gone; ``token_hash`` (SHA-256), never the token."""
+    return f"{REDIS_PREFIX}push:unregistered:{provider}:{token_hash}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ async def run_worker(
     parts = await WorkerParts.start(
         resources, list(queues or names.all_work_queues()), ingest=ingest
     )
+    # Start-up objects (SDKs, models, the app) never die: keep them out of every
+    # collection, so full GC passes stay short and the loop stays responsive.
+    gc.freeze()
     log.info("worker_started")
     await stop.wait()
     log.info("worker_stopping")

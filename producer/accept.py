@@ -71,7 +71,7 @@ class AcceptService:
         if idempotency_key is None:
             return await self._insert(principal, send, None, None)
         assert fingerprint is not None
-        previous = await self._previous(principal.id, idempotency_key, fingerprint)
+        previous = await self.previous(principal.id, idempotency_key, fingerprint)
         if previous is not None:
             return previous
         lock = names.idempotency_lock_key(principal.id, idempotency_key)
@@ -93,7 +93,7 @@ class AcceptService:
         try:
             return await self._insert(principal, send, idempotency_key, fingerprint)
         except IntegrityError:
-            previous = await self._previous(principal.id, idempotency_key, fingerprint)
+            previous = await self.previous(principal.id, idempotency_key, fingerprint)
             if previous is None:
                 raise
             return previous
@@ -102,7 +102,8 @@ class AcceptService:
                 with contextlib.suppress(RedisError):  # it expires on its own
                     await self.redis.delete(lock)
 
-    async def _previous(self, api_key_id: str, key: str, fingerprint: str) -> Accepted | None:
+    async def previous(self, api_key_id: str, key: str, fingerprint: str) -> Accepted | None:
+        """The first answer given for this key (a replay), None if new; 422 on another body."""
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_s)
         async with self.sessions() as session:
             row = (

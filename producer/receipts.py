@@ -45,7 +45,9 @@ class ReceiptRecorder:
         async with self.sessions.begin() as session:
             row = (
                 await session.execute(
-                    select(N.c.id, N.c.status, N.c.channel, N.c.category, N.c.priority, N.c.to)
+                    select(
+                        N.c.id, N.c.status, N.c.channel, N.c.category, N.c.priority, N.c.to_address
+                    )
                     .where(N.c.vendor_message_id == vendor_message_id)
                     .where(N.c.last_provider == provider)
                 )
@@ -65,7 +67,7 @@ class ReceiptRecorder:
         envelope = Envelope(
             id=row.id,
             channel=Channel(row.channel),
-            to=row.to,
+            to=row.to_address,
             category=Category(row.category),
             priority=Priority(row.priority),
         )

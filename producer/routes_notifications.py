@@ -12,7 +12,7 @@ from sqlalchemy import select
 from herald import metrics
 from herald.domain import Category, Envelope, utcnow
 from herald.storage.models import Attempt, Notification
-from producer.accept import AcceptService, request_fingerprint
+from producer.accept import Accepted, AcceptService, request_fingerprint
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import Problem
@@ -49,6 +49,13 @@ async def send_notification(
     valid = validate_send(
         payload, Limits(settings.max_body_chars, settings.max_metadata_bytes), utcnow()
     )
+    fingerprint = request_fingerprint(payload.model_dump(mode="json")) if key else None
+    service: AcceptService = request.app.state.accept
+    if key is not None and fingerprint is not None:
+        # A replay sends nothing: answer it before any limit is spent.
+        previous = await service.previous(principal.id, key, fingerprint)
+        if previous is not None:
+            return _accepted_response(previous, {})
     check_destination(settings, valid.channel, valid.to)
     checks = send_checks(settings, principal, valid.channel, valid.to)
     if valid.category is Category.OTP:  # a caller's own OTP: the pumping limits apply too
@@ -57,13 +64,15 @@ async def send_notification(
         ]
     limit_headers = await enforce(request.app.state.guard, checks)
     await request.app.state.spend.charge(principal, estimated_cost(request, valid))
-    fingerprint = request_fingerprint(payload.model_dump(mode="json")) if key else None
-    service: AcceptService = request.app.state.accept
     accepted = await service.accept(principal, valid, idempotency_key=key, fingerprint=fingerprint)
+    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    return _accepted_response(accepted, limit_headers)
+
+
+def _accepted_response(accepted: Accepted, limit_headers: dict[str, str]) -> JSONResponse:
     headers = {"Location": f"/v1/notifications/{accepted.id}", **limit_headers}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return JSONResponse(
         {"id": accepted.id, "status": accepted.status}, status_code=202, headers=headers
     )

@@ -10,6 +10,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from herald.domain import Channel
+from herald.logs import get_logger
+from providers import fcm, msg91, ses, smtp, sns, twilio
 from providers.base import Provider
 from providers.sandbox import SandboxProvider, SandboxStore
 from router.rules import RoutingRules
@@ -27,6 +29,8 @@ class ProviderDeps:
     )
 
 
+log = get_logger(__name__)
+
 Factory = Callable[[str, Channel, dict[str, Any], ProviderDeps], Provider]
 
 
@@ -37,6 +41,12 @@ def _sandbox(name: str, channel: Channel, spec: dict[str, Any], deps: ProviderDe
 #: Provider type → factory. A new vendor is one module and one line here.
 REGISTRY: dict[str, Factory] = {
     "sandbox": _sandbox,
+    "sns": sns.factory,
+    "ses": ses.factory,
+    "twilio": twilio.factory,
+    "msg91": msg91.factory,
+    "smtp": smtp.factory,
+    "fcm": fcm.factory,
 }
 
 
@@ -78,7 +88,11 @@ class ProviderSet(Mapping[str, Provider]):
                 await old.close()
         for name, spec in wanted.items():
             if name not in self._providers:
-                self._providers[name] = build_provider(name, spec, self.deps)
+                try:
+                    self._providers[name] = build_provider(name, spec, self.deps)
+                except Exception as exc:  # noqa: BLE001 - one bad provider must not stop the rest
+                    log.error("provider_unusable", provider=name, error=str(exc))
+                    continue
                 self._specs[name] = spec
 
     async def close(self) -> None:

@@ -82,10 +82,13 @@ class RulesSource:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # noqa: BLE001 - keep routing with what we have
-                log.warning("routing_refresh_failed", error=repr(exc))
+            await self._refresh_quietly()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - keep routing with what we have
+            log.warning("routing_refresh_failed", error=repr(exc))
 
     async def _listen(self) -> None:
         while True:
@@ -94,7 +97,7 @@ class RulesSource:
                     await pubsub.subscribe(names.ROUTING_CHANGED_CHANNEL)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            await self.refresh()
+                            await self._refresh_quietly()
             except (RedisError, OSError) as exc:
                 log.debug("routing_broadcast_lost", error=repr(exc))
                 await asyncio.sleep(self.poll_s)

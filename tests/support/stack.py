@@ -57,6 +57,9 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         "shutdown_grace_s": 10,
         "log_level": "WARNING",
         "metrics_port": None,
+        # Tests send hundreds of messages to one number: limits are tested on their own.
+        "limit_api_key": {"rate": 100_000, "period_s": 1},
+        "limit_recipient": {"rate": 100_000, "period_s": 1},
     }
     values.update(overrides)
     return values
@@ -164,7 +167,11 @@ class Stack:
         self.settings = Settings(**values)
         self.url = f"http://127.0.0.1:{self.settings.api_port}"
         self.client = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=15
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=15,
+            # Drop idle connections before uvicorn's 5 s keep-alive closes them under us.
+            limits=httpx.Limits(keepalive_expiry=2),
         )
         self.redis = Redis.from_url(self.settings.redis_url)
         self.engine = make_engine(self.settings.database_url)
