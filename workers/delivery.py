@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from herald import metrics, names
 from herald.broker import BROKER_ERRORS, Publisher
-from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Status, utcnow
+from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Priority, Status, utcnow
 from herald.errors import InfrastructureError, PermanentProviderError, TransientProviderError
 from herald.logs import get_logger
 from providers.base import Provider, Receipt
@@ -32,7 +32,7 @@ from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
 from workers.otp_render import OtpRenderer, fallback_ids
-from workers.store import DeliveryStore, Interrupted, Skip
+from workers.store import URGENT, DeliveryStore, Interrupted, Skip
 from workers.throttle import ProviderThrottle
 
 log = get_logger(__name__)
@@ -85,6 +85,7 @@ class Delivery:
 
     async def handle(self, raw: bytes) -> Disposition:
         message = Envelope.from_bytes(raw)
+        URGENT.set(message.priority is Priority.HIGH)  # this task only (a task per message)
         try:
             return await self._deliver(message, raw)
         except INFRA_ERRORS as exc:

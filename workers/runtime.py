@@ -61,7 +61,7 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     await rules.load()
     ctx = DeliveryContext(
         settings=settings,
-        store=DeliveryStore(resources.sessions),
+        store=DeliveryStore(resources.sessions, bulk_slots=2 if settings.is_sqlite else 16),
         claims=Claims(resources.redis, owner=worker_identity(), lease_s=settings.claim_lease_s),
         publisher=resources.publisher,
         events=EventPublisher(resources.amqp),

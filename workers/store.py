@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -47,9 +51,24 @@ class Interrupted:
     attempt_count: int
 
 
+#: Set in the task delivering a high-priority message (an OTP): its database work skips
+#: the bulk queue, so it never waits behind a backlog of marketing messages.
+URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("herald_urgent", default=False)
+
+
 class DeliveryStore:
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(self, sessions: SessionFactory, *, bulk_slots: int = 2) -> None:
         self.sessions = sessions
+        self._bulk = asyncio.Semaphore(bulk_slots)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Bulk work takes one of a few slots; urgent work goes straight to the pool."""
+        if URGENT.get():
+            yield
+            return
+        async with self._bulk:
+            yield
 
     async def begin(
         self,
@@ -60,7 +79,7 @@ class DeliveryStore:
         rules_version: int | None = None,
     ) -> Begun | Skip | Interrupted:
         """Check the row and, when a send is due, write the attempt (``sending``) first."""
-        async with self.sessions.begin() as session:
+        async with self._turn(), self.sessions.begin() as session:
             row = (
                 await session.execute(
                     select(N.c.status, N.c.generation, N.c.attempt_count).where(
@@ -102,7 +121,7 @@ class DeliveryStore:
     async def start_attempt(
         self, notification_id: str, generation: int, attempt_no: int, provider: str, now: datetime
     ) -> int:
-        async with self.sessions.begin() as session:
+        async with self._turn(), self.sessions.begin() as session:
             return await self._insert_attempt(
                 session, notification_id, generation, attempt_no, provider, now
             )
@@ -152,7 +171,7 @@ class DeliveryStore:
         error_code: str | None = None,
     ) -> None:
         """Record one attempt's outcome and the notification's new status together."""
-        async with self.sessions.begin() as session:
+        async with self._turn(), self.sessions.begin() as session:
             await session.execute(
                 update(A)
                 .where(A.c.id == attempt_id)
@@ -183,7 +202,7 @@ class DeliveryStore:
         error_code: str | None = None,
         only_if_not_terminal: bool = False,
     ) -> bool:
-        async with self.sessions.begin() as session:
+        async with self._turn(), self.sessions.begin() as session:
             stmt = update(N).where(N.c.id == notification_id)
             if only_if_not_terminal:
                 stmt = stmt.where(N.c.status.not_in([s.value for s in TERMINAL_STATUSES]))
@@ -195,7 +214,7 @@ class DeliveryStore:
             return bool(cast(CursorResult[Any], result).rowcount)
 
     async def dead_letter_details(self, notification_id: str) -> dict[str, object] | None:
-        async with self.sessions() as session:
+        async with self._turn(), self.sessions() as session:
             row = (
                 await session.execute(
                     select(
@@ -213,7 +232,7 @@ class DeliveryStore:
         """(status, last provider) of each notification in ``ids`` that exists."""
         if not ids:
             return []
-        async with self.sessions() as session:
+        async with self._turn(), self.sessions() as session:
             rows = await session.execute(
                 select(N.c.status, N.c.last_provider).where(N.c.id.in_(ids))
             )
@@ -221,7 +240,7 @@ class DeliveryStore:
 
     async def publish_now(self, notification_id: str) -> None:
         """Bring a scheduled send forward: the outbox relay publishes it on its next pass."""
-        async with self.sessions.begin() as session:
+        async with self._turn(), self.sessions.begin() as session:
             await session.execute(
                 update(OUTBOX)
                 .where(OUTBOX.c.notification_id == notification_id)
