@@ -1,0 +1,175 @@
+"""Entry point: ``python -m bench.run [--quick] [--only NAME] [--database-url URL]``.
+
+Runs the scenarios in order, each from a clean slate (queues purged, Redis db 14
+flushed, a fresh database), prints one table of Herald figures beside their baselines,
+and writes ``bench/results/latest.json``. A scenario that fails is reported and the
+others still run; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.config import FULL, QUICK, RESULTS_DIR, ROOT, BenchConfig
+from bench.context import Context
+from bench.infra import Infra
+from bench.procs import kill_all
+from bench.report import Row, table, write_json
+from bench.scenarios import api, chain, drain, priority, soak
+
+Scenario = Callable[[Context], Awaitable[list[Row]]]
+SCENARIOS: dict[str, Scenario] = {
+    "api": api.run,
+    "drain": drain.run,
+    "chain": chain.run,
+    "priority": priority.run,
+    "soak": soak.run,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description="Herald benchmarks beside their baselines."
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts (< 2 min)")
+    parser.add_argument(
+        "--only", choices=sorted(SCENARIOS), action="append", help="run only this scenario"
+    )
+    parser.add_argument(
+        "--database-url",
+        help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test (its tables are emptied)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the Herald worker during the drain scenario (slows it a little)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, SQLite)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
+    return parser.parse_args(argv)
+
+
+def _commit() -> str:
+    """The measured commit; ``BENCH_COMMIT`` labels a run from an exported tree (no .git)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return found.stdout.strip()
+
+
+def _meta(
+    args: argparse.Namespace, cfg: BenchConfig, started: float, load: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "commit": _commit(),
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "config": cfg.describe(),
+        "loadavg": load,
+    }
+
+
+async def main(args: argparse.Namespace) -> int:
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    cfg = BenchConfig(
+        sizes=QUICK if args.quick else FULL,
+        database_url=args.database_url,
+        workdir=workdir,
+        profile=args.profile,
+        # Quick is a smoke check with a 2-minute budget: one Celery pool is enough.
+        celery_pools=["solo"] if args.quick else ["solo", "prefork"],
+    )
+    selected = args.only or list(SCENARIOS)
+    # Other work on the box skews every figure; the 1-minute load average before each
+    # scenario goes into the report so a noisy run can be recognised as one.
+    load: dict[str, Any] = {"before_run": os.getloadavg()[0]}
+    seconds: dict[str, float] = {}
+    rows: list[Row] = []
+    failures: dict[str, str] = {}
+    infra = await Infra.open()
+    ctx = Context(cfg, infra)
+    ctx.log(f"work dir {workdir}; scenarios: {', '.join(selected)}")
+    try:
+        for name in selected:
+            began = time.monotonic()
+            load[name] = os.getloadavg()[0]
+            try:
+                rows.extend(await SCENARIOS[name](ctx))
+            except Exception as exc:  # noqa: BLE001 - report it, run the other scenarios
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                ctx.log(f"scenario {name} FAILED: {failures[name]}")
+            else:
+                ctx.log(f"scenario {name} done in {time.monotonic() - began:.0f}s")
+            seconds[name] = round(time.monotonic() - began, 1)
+    finally:
+        kill_all()
+        await infra.close()
+        if args.keep or failures:
+            ctx.log(f"logs kept in {workdir / 'logs'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    meta = {**_meta(args, cfg, started, load), "scenario_seconds": seconds}
+    details = {**ctx.details, "failures": failures}
+    write_json(args.out, meta, rows, details)
+    print()
+    print(table(rows))
+    print(f"\n{meta['mode']} run, {meta['duration_s']:.0f}s; JSON: {args.out}")
+    cores = os.cpu_count() or 1
+    if load["before_run"] > 0.25 * cores:
+        print(
+            f"NOTE: load average {load['before_run']:.2f} on {cores} CPUs before the run: "
+            "other work was running, figures are noisy",
+            file=sys.stderr,
+        )
+    for name, error in failures.items():
+        print(f"FAILED {name}: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks and ``atexit`` stop children."""
+    raise SystemExit(128 + signum)
+
+
+def run() -> None:
+    # The benchmark sets every HERALD_* its processes see; a developer's own must not leak
+    # into the settings this process builds either.
+    for key in [k for k in os.environ if k.startswith("HERALD_")]:
+        del os.environ[key]
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    args = parse_args()
+    try:
+        code = asyncio.run(main(args))
+    finally:
+        kill_all()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
