@@ -528,3 +528,20 @@ def test_provider_limit_books_slots_at_most_the_wait_ahead() -> None:
     assert provider_limit(50, 0.5).burst == 26
     slow = provider_limit(0.5, 0.5)  # one send every two seconds, no waiting in the call
     assert (slow.rate, slow.period_s, slow.burst) == (1, 2.0, 1)
+
+
+async def test_the_rules_max_per_s_wins_over_the_adapters_default() -> None:
+    from herald.domain import Channel
+    from router.rules import ProviderSpec
+    from workers.throttle import ProviderThrottle
+
+    clock = [1000.0]
+    throttle = ProviderThrottle(MemoryRateLimiter(clock=lambda: clock[0]), max_wait_s=0)
+    unlimited = ProviderSpec("p", "twilio", Channel.SMS, {"default": 0.0})
+    assert all([await throttle.wait_turn(unlimited) for _ in range(50)])
+    by_default = [await throttle.wait_turn(unlimited, default_max_per_s=2) for _ in range(5)]
+    assert by_default == [True, False, False, False, False]
+    ruled = ProviderSpec("q", "twilio", Channel.SMS, {"default": 0.0}, max_per_s=100)
+    for _ in range(10):  # 100/s from the rules, not the default's 1/s
+        clock[0] += 0.011
+        assert await throttle.wait_turn(ruled, default_max_per_s=1)

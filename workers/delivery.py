@@ -135,7 +135,8 @@ class Delivery:
             provider = ctx.providers.get(candidate.provider)
             if provider is None or not await ctx.breakers.acquire(candidate.provider):
                 continue
-            if not await ctx.throttle.wait_turn(rules.providers[candidate.provider]):
+            default_rate = getattr(provider, "default_max_per_s", None)
+            if not await ctx.throttle.wait_turn(rules.providers[candidate.provider], default_rate):
                 continue  # at its max_per_s: try the next candidate rather than queue here
             if attempt_no is None:
                 begun = await ctx.store.begin(

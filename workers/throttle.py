@@ -30,11 +30,15 @@ class ProviderThrottle:
         self.limiter = limiter
         self.max_wait_s = max_wait_s
 
-    async def wait_turn(self, spec: ProviderSpec) -> bool:
-        """Wait for this send's slot; False (at once) when none is free soon enough."""
-        if not spec.max_per_s:
+    async def wait_turn(self, spec: ProviderSpec, default_max_per_s: float | None = None) -> bool:
+        """Wait for this send's slot; False (at once) when none is free soon enough.
+
+        The rules document's ``max_per_s`` wins; else the vendor adapter's own default.
+        """
+        max_per_s = spec.max_per_s or default_max_per_s
+        if not max_per_s:
             return True
-        limit = provider_limit(spec.max_per_s, self.max_wait_s)
+        limit = provider_limit(max_per_s, self.max_wait_s)
         decision = await self.limiter.hit(f"provider:{spec.name}", limit)
         if not decision.allowed:
             return False
