@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
 
 import boto3
@@ -35,9 +34,9 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from herald.domain import utcnow
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
+from providers.base import retry_after_seconds
 from providers.credentials import MissingCredential, resolve_credentials
 
 log = get_logger(__name__)
@@ -219,17 +218,7 @@ def _log_unknown_once(vendor: str, code: str, message: str) -> None:
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` as seconds (delta or HTTP date), or ``None`` when absent or bad."""
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - utcnow()).total_seconds())
+    return retry_after_seconds(headers.get("retry-after") or headers.get("Retry-After"))
 
 
 def client_error(

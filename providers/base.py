@@ -7,6 +7,8 @@ and never returns a failure flag. Permanent errors never trip a circuit breaker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from herald.domain import Channel, Envelope
@@ -56,3 +58,23 @@ class BaseProvider:
 
     async def close(self) -> None:
         return None
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A vendor's ``Retry-After`` header (seconds or an HTTP date) as seconds from now.
+
+    Vendors throttle with ``429`` and this hint; honouring it (instead of our own
+    shorter backoff) keeps us from being throttled again. ``None`` when absent or garbled.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

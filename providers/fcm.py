@@ -54,9 +54,8 @@ from requests.adapters import HTTPAdapter
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger, mask_text
-from providers.base import BaseProvider, Receipt
+from providers.base import BaseProvider, Receipt, retry_after_seconds
 from providers.credentials import MissingCredential, resolve_credentials
-from providers.sms import retry_after_seconds
 from providers.tokens import UnregisteredTokens
 
 if TYPE_CHECKING:

@@ -10,8 +10,6 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 
 from herald.errors import PermanentProviderError
@@ -92,23 +90,3 @@ def check_sms_body(text: str, max_segments: int) -> SegmentInfo:
             code="body_too_long",
         )
     return info
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """A vendor's ``Retry-After`` header (seconds or an HTTP date) as seconds from now.
-
-    SMS vendors throttle with ``429`` and this hint; honouring it (instead of our own
-    shorter backoff) keeps us from being throttled again. ``None`` when absent or garbled.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -26,9 +26,9 @@ from twilio.rest import Client
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
-from providers.base import BaseProvider, Receipt
+from providers.base import BaseProvider, Receipt, retry_after_seconds
 from providers.credentials import resolve_credentials
-from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body, retry_after_seconds
+from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body
 
 if TYPE_CHECKING:
     from providers.registry import ProviderDeps

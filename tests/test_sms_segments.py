@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from herald.errors import PermanentProviderError
+from providers.base import retry_after_seconds
 from providers.sms import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     SegmentInfo,
     check_sms_body,
-    retry_after_seconds,
     segment_info,
 )
 
