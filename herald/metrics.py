@@ -22,6 +22,11 @@ DEAD_LETTERED = Counter(
 DUPLICATES_SKIPPED = Counter(
     "herald_duplicates_skipped_total", "Redeliveries recognised as already handled", ["reason"]
 )
+DEFERRED = Counter(
+    "herald_deferred_total",
+    "Deliveries put back to wait without being charged an attempt",
+    ["reason"],
+)
 PROVIDER_LATENCY = Histogram(
     "herald_provider_call_seconds",
     "Time spent in one provider call",

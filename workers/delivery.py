@@ -105,7 +105,6 @@ class Delivery:
         if claim is ClaimResult.HELD:
             # Another worker holds the lease; if it died, the lease runs out and this copy
             # (or its own redelivered one) takes over.
-            metrics.DUPLICATES_SKIPPED.labels("in_flight").inc()
             return await self._defer(message, raw, reason="claimed_elsewhere")
 
         try:
@@ -318,7 +317,7 @@ class Delivery:
             error_code="no_healthy_provider",
             only_if_not_terminal=True,
         )
-        metrics.DUPLICATES_SKIPPED.labels("no_healthy_provider").inc()
+        metrics.DEFERRED.labels("no_healthy_provider").inc()
         return await self._schedule_retry(message, raw, self.ctx.breakers.config.cooldown_s)
 
     async def _no_route(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
@@ -506,6 +505,7 @@ class Delivery:
 
     async def _defer(self, message: Envelope, raw: bytes, *, reason: str) -> Disposition:
         """Try again shortly without charging an attempt (claimed elsewhere, infra trouble)."""
+        metrics.DEFERRED.labels(reason).inc()
         log.debug("delivery_deferred", notification_id=message.id, reason=reason)
         return await self._schedule_retry(message, raw, self.settings.retry_buckets_ms[0] / 1000)
 
