@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status, utcnow
 from herald.storage.db import SessionFactory, inserted_id
@@ -58,7 +58,8 @@ URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("herald_urgent", d
 
 class DeliveryStore:
     def __init__(self, sessions: SessionFactory, *, bulk_slots: int = 2) -> None:
-        self.sessions = sessions
+        # Core connections, not ORM sessions: this is the hot path and holds no objects.
+        self.engine: AsyncEngine = sessions.kw["bind"]
         self._bulk = asyncio.Semaphore(bulk_slots)
 
     @contextlib.asynccontextmanager
@@ -79,7 +80,7 @@ class DeliveryStore:
         rules_version: int | None = None,
     ) -> Begun | Skip | Interrupted:
         """Check the row and, when a send is due, write the attempt (``sending``) first."""
-        async with self._turn(), self.sessions.begin() as session:
+        async with self._turn(), self.engine.begin() as session:
             row = (
                 await session.execute(
                     select(N.c.status, N.c.generation, N.c.attempt_count).where(
@@ -121,14 +122,14 @@ class DeliveryStore:
     async def start_attempt(
         self, notification_id: str, generation: int, attempt_no: int, provider: str, now: datetime
     ) -> int:
-        async with self._turn(), self.sessions.begin() as session:
+        async with self._turn(), self.engine.begin() as session:
             return await self._insert_attempt(
                 session, notification_id, generation, attempt_no, provider, now
             )
 
     async def _insert_attempt(
         self,
-        session: AsyncSession,
+        session: AsyncConnection,
         notification_id: str,
         generation: int,
         attempt_no: int,
@@ -171,7 +172,7 @@ class DeliveryStore:
         error_code: str | None = None,
     ) -> None:
         """Record one attempt's outcome and the notification's new status together."""
-        async with self._turn(), self.sessions.begin() as session:
+        async with self._turn(), self.engine.begin() as session:
             await session.execute(
                 update(A)
                 .where(A.c.id == attempt_id)
@@ -202,7 +203,7 @@ class DeliveryStore:
         error_code: str | None = None,
         only_if_not_terminal: bool = False,
     ) -> bool:
-        async with self._turn(), self.sessions.begin() as session:
+        async with self._turn(), self.engine.begin() as session:
             stmt = update(N).where(N.c.id == notification_id)
             if only_if_not_terminal:
                 stmt = stmt.where(N.c.status.not_in([s.value for s in TERMINAL_STATUSES]))
@@ -214,7 +215,7 @@ class DeliveryStore:
             return bool(cast(CursorResult[Any], result).rowcount)
 
     async def dead_letter_details(self, notification_id: str) -> dict[str, object] | None:
-        async with self._turn(), self.sessions() as session:
+        async with self._turn(), self.engine.connect() as session:
             row = (
                 await session.execute(
                     select(
@@ -232,7 +233,7 @@ class DeliveryStore:
         """(status, last provider) of each notification in ``ids`` that exists."""
         if not ids:
             return []
-        async with self._turn(), self.sessions() as session:
+        async with self._turn(), self.engine.connect() as session:
             rows = await session.execute(
                 select(N.c.status, N.c.last_provider).where(N.c.id.in_(ids))
             )
@@ -240,7 +241,7 @@ class DeliveryStore:
 
     async def publish_now(self, notification_id: str) -> None:
         """Bring a scheduled send forward: the outbox relay publishes it on its next pass."""
-        async with self._turn(), self.sessions.begin() as session:
+        async with self._turn(), self.engine.begin() as session:
             await session.execute(
                 update(OUTBOX)
                 .where(OUTBOX.c.notification_id == notification_id)
