@@ -6,12 +6,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
-from dlq.queries import BadCursor, DeadLetterFilter, list_dead_letters
+from dlq.audit import recent
+from dlq.queries import BadCursor, DeadLetterFilter, item, list_dead_letters
+from dlq.replay import DeadLetterNotFound, DeadLetters, ReplayRefused
 from herald.domain import Channel, DeadLetterReason
+from herald.logs import mask_address, mask_text
+from herald.storage.models import Attempt, DeadLetter
 from producer.auth import Principal
 from producer.deps import require
-from producer.problems import FieldError
+from producer.problems import FieldError, Problem
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
 
@@ -51,3 +58,129 @@ async def list_dlq(
     except BadCursor:
         raise FieldError("cursor", "is not a cursor this API returned") from None
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _masked_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """What on-call may see: the address partly hidden, an OTP never."""
+    shown = dict(payload)
+    if shown.get("to"):
+        shown["to"] = mask_address(str(shown["to"]))
+    if shown.get("category") == "otp":
+        shown["body"] = "[redacted]"
+    return shown
+
+
+@router.get("/{dead_letter_id}")
+async def show_dead_letter(
+    request: Request, dead_letter_id: str, _: Annotated[Principal, Depends(require("dlq:read"))]
+) -> dict[str, Any]:
+    """One dead letter with its payload (personal data masked) and every attempt."""
+    async with request.app.state.sessions() as session:
+        dead = await session.get(DeadLetter, dead_letter_id)
+        if dead is None:
+            raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
+        attempts = (
+            (
+                await session.execute(
+                    select(Attempt)
+                    .where(Attempt.notification_id == dead.notification_id)
+                    .order_by(Attempt.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return {
+        **item(dead),
+        "resolved_at": dead.resolved_at.isoformat() if dead.resolved_at else None,
+        "resolved_by": dead.resolved_by,
+        "resolution": dead.resolution,
+        "payload": _masked_payload(dead.payload),
+        "history": [
+            {
+                "generation": a.generation,
+                "attempt": a.attempt_no,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "error_code": a.error_code,
+                "error": mask_text(a.error) if a.error else None,
+                "started_at": a.started_at.isoformat(),
+                "latency_ms": a.latency_ms,
+            }
+            for a in attempts
+        ],
+    }
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str | None = Field(None, description="send through this provider instead")
+    reason: str | None = Field(None, max_length=500)
+
+
+@router.post("/{dead_letter_id}/replay", status_code=202)
+async def replay_dead_letter(
+    request: Request,
+    dead_letter_id: str,
+    principal: Annotated[Principal, Depends(require("dlq:write"))],
+    body: ReplayRequest | None = None,
+) -> JSONResponse:
+    """Send it again under the same notification id, with a fresh attempt budget."""
+    body = body or ReplayRequest()
+    if (
+        body.provider is not None
+        and body.provider not in request.app.state.rules_source.current().providers
+    ):
+        raise FieldError("provider", f"no provider named {body.provider!r} in the rules in force")
+    dead_letters: DeadLetters = request.app.state.dead_letters
+    try:
+        result = await dead_letters.replay(
+            dead_letter_id, actor=principal.name, provider=body.provider, reason=body.reason
+        )
+    except DeadLetterNotFound:
+        raise Problem(404, "Not found", f"no dead letter {dead_letter_id}") from None
+    except ReplayRefused as exc:
+        raise Problem(409, "Cannot replay", str(exc)) from None
+    return JSONResponse(
+        {"notification_id": result.notification_id, "status": result.status},
+        status_code=202 if result.status == "accepted" else 200,
+    )
+
+
+class DiscardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.delete("/{dead_letter_id}", status_code=204)
+async def discard_dead_letter(
+    request: Request,
+    dead_letter_id: str,
+    body: DiscardRequest,
+    principal: Annotated[Principal, Depends(require("dlq:write"))],
+) -> Response:
+    """Give up on it for good (the reason is kept in the audit log)."""
+    dead_letters: DeadLetters = request.app.state.dead_letters
+    try:
+        await dead_letters.discard(dead_letter_id, actor=principal.name, reason=body.reason)
+    except DeadLetterNotFound:
+        raise Problem(404, "Not found", f"no dead letter {dead_letter_id}") from None
+    except ReplayRefused as exc:
+        raise Problem(409, "Cannot discard", str(exc)) from None
+    return Response(status_code=204)
+
+
+audit_router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+@audit_router.get("")
+async def audit_log(
+    request: Request,
+    _: Annotated[Principal, Depends(require("dlq:read"))],
+    action: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """Who replayed, discarded, changed rules or overrode a breaker: newest first."""
+    return {"items": await recent(request.app.state.sessions, limit=limit, action=action)}

@@ -47,6 +47,7 @@ def stored_payload(message: Envelope) -> dict[str, Any]:
         "metadata": message.metadata,
         "expires_at": message.expires_at.isoformat() if message.expires_at else None,
         "generation": message.generation,
+        "otp_id": message.otp_id,
     }
     return payload
 

@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings
+from dlq.api import audit_router
 from dlq.api import router as dlq_router
+from dlq.replay import DeadLetters
 from herald.logs import get_logger
 from herald.resources import Resources
 from producer.accept import AcceptService
@@ -108,6 +110,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.guard = Guard(RedisRateLimiter(resources.redis))
         state.spend = SpendGuard(resources.redis, settings.spend_cap_per_key_per_day)
         state.otp = OtpStore(resources.redis, settings)
+        state.dead_letters = DeadLetters(resources.sessions, outbox, settings)
         state.rules_store = rules_store
         state.rules_source = rules_source
         state.breakers = BreakerBoard(
@@ -143,6 +146,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.include_router(health_router)
     app.include_router(notifications_router)
     app.include_router(dlq_router)
+    app.include_router(audit_router)
     app.include_router(sandbox_router)
     app.include_router(routing_router)
     app.include_router(providers_router)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
+from dlq.audit import record_now
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import Problem
@@ -55,7 +56,7 @@ async def override_breaker(
     request: Request,
     name: str,
     body: BreakerOverride,
-    _: Annotated[Principal, Depends(require("routing:write"))],
+    principal: Annotated[Principal, Depends(require("routing:write"))],
 ) -> dict[str, Any]:
     """``open`` drains the provider, ``closed`` forces traffic through, ``auto`` hands
     control back to the failure rate."""
@@ -64,4 +65,11 @@ async def override_breaker(
         raise Problem(404, "Not found", f"no provider named {name!r}")
     board: BreakerBoard = request.app.state.breakers
     await board.force(name, None if body.state == "auto" else Override(body.state))
+    await record_now(
+        request.app.state.sessions,
+        actor=principal.name,
+        action="breaker.override",
+        target=name,
+        details={"state": body.state},
+    )
     return await _view(board, name, rules.providers[name])

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from dlq.audit import record_now
 from herald.domain import Category, Channel, Envelope, Priority
 from producer.auth import Principal
 from producer.deps import require
@@ -111,6 +112,14 @@ async def put_rules(
         )
     except StaleRules as exc:
         raise Problem(412, "Precondition failed", str(exc)) from None
+    await record_now(
+        request.app.state.sessions,
+        actor=principal.name,
+        action="routing.save",
+        target=f"rules version {saved.version}",
+        reason=comment,
+        details={"version": saved.version, "etag": saved.etag},
+    )
     await request.app.state.rules_source.announce(saved.version)
     await request.app.state.rules_source.refresh()
     return JSONResponse(
@@ -189,6 +198,14 @@ async def rollback(
         ) from None
     except StaleRules as exc:
         raise Problem(412, "Precondition failed", str(exc)) from None
+    await record_now(
+        request.app.state.sessions,
+        actor=principal.name,
+        action="routing.rollback",
+        target=f"rules version {saved.version}",
+        reason=body.comment,
+        details={"version": saved.version, "restored": body.version},
+    )
     await request.app.state.rules_source.announce(saved.version)
     await request.app.state.rules_source.refresh()
     return JSONResponse(

@@ -162,6 +162,10 @@ class DeadLetter(Base):
     state: Mapped[str] = mapped_column(String(20), default="open")
     payload: Mapped[dict[str, Any]]
     dead_lettered_at: Mapped[datetime]
+    #: Set when on-call replays or discards it (state "replayed" or "discarded").
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
+    resolution: Mapped[str | None] = mapped_column(Text)
 
 
 class RoutingVersion(Base):
@@ -175,3 +179,21 @@ class RoutingVersion(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """Who did what, when and why: replays, discards, rules changes, breaker overrides.
+
+    Append-only: nothing in Herald updates or deletes these rows.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_time", "at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(50), index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]

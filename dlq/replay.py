@@ -1,0 +1,177 @@
+"""Replaying and discarding dead letters.
+
+A replay gives the message a new generation under the same notification id: a fresh
+attempt budget and a fresh idempotency claim. It is refused for an expired message
+(OTPs included), skipped for one that was meanwhile sent, and a dead letter moves from
+``open`` to ``replayed`` in one conditional update, so two replays at once send once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from config.settings import Settings
+from dlq import audit
+from herald.domain import Category, Channel, Envelope, Priority, Status, utcnow
+from herald.errors import HeraldError
+from herald.storage.db import SessionFactory, inserted_id
+from herald.storage.models import DeadLetter, Notification, OutboxEntry, table_of
+from producer.outbox import Outbox
+
+DL = table_of(DeadLetter)
+N = table_of(Notification)
+OUTBOX = table_of(OutboxEntry)
+REDACTED = "[redacted]"
+
+
+class ReplayRefused(HeraldError):
+    """The dead letter cannot be replayed (HTTP 409); the message says why."""
+
+
+class DeadLetterNotFound(HeraldError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    notification_id: str
+    status: str  # "accepted" (queued again) or "skipped" (it was sent meanwhile)
+
+
+def envelope_of(
+    notification_id: str,
+    payload: dict[str, Any],
+    generation: int,
+    caller: str | None,
+    provider: str | None,
+) -> Envelope:
+    """The message to publish again, rebuilt from what the dead-letter store kept."""
+    expires = payload.get("expires_at")
+    return Envelope(
+        id=notification_id,
+        channel=Channel(payload["channel"]),
+        to=payload["to"],
+        category=Category(payload["category"]),
+        priority=Priority(payload["priority"]),
+        body=payload.get("body"),
+        subject=payload.get("subject"),
+        template=payload.get("template"),
+        data=payload.get("data") or {},
+        metadata=payload.get("metadata") or {},
+        expires_at=datetime.fromisoformat(expires) if expires else None,
+        caller=caller,
+        generation=generation,
+        provider_override=provider,
+        otp_id=payload.get("otp_id"),
+    )
+
+
+class DeadLetters:
+    def __init__(self, sessions: SessionFactory, outbox: Outbox, settings: Settings) -> None:
+        self.sessions = sessions
+        self.outbox = outbox
+        self.settings = settings
+
+    async def replay(
+        self,
+        dead_letter_id: str,
+        *,
+        actor: str,
+        provider: str | None = None,
+        reason: str | None = None,
+    ) -> Replayed:
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            dead = (await session.execute(select(DL).where(DL.c.id == dead_letter_id))).first()
+            if dead is None:
+                raise DeadLetterNotFound(dead_letter_id)
+            if dead.state != "open":
+                raise ReplayRefused(f"this dead letter was already {dead.state}")
+            row = (await session.execute(select(N).where(N.c.id == dead.notification_id))).first()
+            if row is None:
+                raise DeadLetterNotFound(dead.notification_id)
+            if row.expires_at is not None and row.expires_at <= now:
+                raise ReplayRefused("the message has expired: it can never be sent or replayed")
+            payload = dict(dead.payload)
+            if payload.get("body") == REDACTED and not payload.get("otp_id"):
+                raise ReplayRefused("an OTP body is not kept: ask the caller for a new code")
+            sent = row.status in (Status.SENT.value, Status.DELIVERED.value)
+            claimed = await session.execute(
+                update(DL)
+                .where(DL.c.id == dead_letter_id, DL.c.state == "open")
+                .values(
+                    state="replayed",
+                    resolved_at=now,
+                    resolved_by=actor,
+                    resolution="already sent" if sent else reason,
+                )
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                raise ReplayRefused("this dead letter is being replayed by someone else")
+            await audit.record(
+                session,
+                actor=actor,
+                action="dlq.replay",
+                target=dead.notification_id,
+                reason=reason,
+                details={"dead_letter_id": dead_letter_id, "provider": provider, "skipped": sent},
+            )
+            if sent:
+                return Replayed(dead.notification_id, "skipped")
+            generation = row.generation + 1
+            await session.execute(
+                update(N)
+                .where(N.c.id == row.id)
+                .values(
+                    generation=generation,
+                    status=Status.ACCEPTED.value,
+                    attempt_count=0,
+                    updated_at=now,
+                )
+            )
+            envelope = envelope_of(row.id, payload, generation, row.caller, provider)
+            body = envelope.to_bytes()
+            result = await session.execute(
+                insert(OUTBOX).values(
+                    notification_id=row.id,
+                    routing_key=envelope.routing_key,
+                    payload=body,
+                    created_at=now,
+                    available_at=now + timedelta(seconds=self.settings.outbox_relay_after_s),
+                    publish_attempts=0,
+                )
+            )
+            entry_id = inserted_id(result)
+        self.outbox.publish_soon(entry_id, row.id, envelope.routing_key, body)
+        return Replayed(row.id, "accepted")
+
+    async def discard(self, dead_letter_id: str, *, actor: str, reason: str) -> None:
+        async with self.sessions.begin() as session:
+            changed = await session.execute(
+                update(DL)
+                .where(DL.c.id == dead_letter_id, DL.c.state == "open")
+                .values(
+                    state="discarded", resolved_at=utcnow(), resolved_by=actor, resolution=reason
+                )
+                .returning(DL.c.notification_id)
+            )
+            notification_id = changed.scalar()
+            if notification_id is None:
+                exists = (
+                    await session.execute(select(DL.c.state).where(DL.c.id == dead_letter_id))
+                ).first()
+                if exists is None:
+                    raise DeadLetterNotFound(dead_letter_id)
+                raise ReplayRefused(f"this dead letter was already {exists.state}")
+            await audit.record(
+                session,
+                actor=actor,
+                action="dlq.discard",
+                target=notification_id,
+                reason=reason,
+                details={"dead_letter_id": dead_letter_id},
+            )
