@@ -28,6 +28,8 @@ providers_app = typer.Typer(help="Providers: health, breakers, drain.", no_args_
 app.add_typer(providers_app, name="providers")
 otp_app = typer.Typer(help="One-time passcodes.", no_args_is_help=True)
 app.add_typer(otp_app, name="otp")
+dlq_app = typer.Typer(help="Dead letters: list, show, replay, discard.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 
 def _settings() -> Settings:
@@ -420,3 +422,82 @@ def otp_verify(
     """Check a code: prints {valid, attempts_left}; exit 1 when locked (429)."""
     with _client(url, key) as client:
         _show(client.post("/v1/otp/verify", json={"to": to, "code": code}))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    channel: str | None = None,
+    provider: str | None = None,
+    reason: str | None = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO time with zone, e.g. 2026-01-01T00:00Z")
+    ] = None,
+    limit: int = 50,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Dead letters, newest first, as a table."""
+    params = {
+        k: v
+        for k, v in {
+            "channel": channel,
+            "provider": provider,
+            "reason": reason,
+            "since": since,
+            "limit": limit,
+        }.items()
+        if v is not None
+    }
+    with _client(url, key) as client:
+        response = client.get("/v1/dlq", params=params)
+        if response.is_error:
+            _show(response)
+        items = response.json()["items"]
+        typer.echo(
+            f"{'dead letter':<36}  {'when':<19}  {'ch':<5} {'reason':<16} {'provider':<18} error"
+        )
+        for i in items:
+            typer.echo(
+                f"{i['id']:<36}  {i['dead_lettered_at'][:19]}  {i['channel']:<5} {i['reason']:<16} "
+                f"{(i['last_provider'] or '-'):<18} {(i['last_error'] or '')[:60]}"
+            )
+        typer.echo(
+            f"{len(items)} shown"
+            + (" (more: use the API's cursor)" if response.json()["next_cursor"] else "")
+        )
+
+
+@dlq_app.command("show")
+def dlq_show(dead_letter_id: str, url: UrlOption = None, key: KeyOption = None) -> None:
+    """One dead letter with its payload (masked) and attempt history."""
+    with _client(url, key) as client:
+        _show(client.get(f"/v1/dlq/{dead_letter_id}"))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    dead_letter_id: str,
+    provider: Annotated[str | None, typer.Option(help="Send through this provider instead")] = None,
+    reason: str | None = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Send one dead letter again (refused when expired, skipped when already sent)."""
+    body = {k: v for k, v in {"provider": provider, "reason": reason}.items() if v}
+    with _client(url, key) as client:
+        _show(client.post(f"/v1/dlq/{dead_letter_id}/replay", json=body))
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    dead_letter_id: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Give up on a dead letter for good."""
+    with _client(url, key) as client:
+        response = client.request("DELETE", f"/v1/dlq/{dead_letter_id}", json={"reason": reason})
+        if response.is_error:
+            _show(response)
+        typer.echo(f"discarded {dead_letter_id}")

@@ -171,3 +171,31 @@ async def test_otp_commands(stack: Stack) -> None:
         "otp", "verify", "--to", "+447400123456", "--code", match.group(0), *common, env=env
     )
     assert code == 0 and json.loads(out) == {"valid": True, "attempts_left": 4}
+
+
+@pytest.mark.integration
+async def test_dlq_commands(stack: Stack) -> None:
+    env = as_env({"api_key": ADMIN_KEY})
+    common = ["--url", stack.url]
+    await stack.set_sandbox("sandbox-sms", "permanent")
+    nid = (
+        await stack.send(channel="sms", to="+447400123456", category="transactional", body="x")
+    ).json()["id"]
+    await stack.wait_status(nid, "failed")
+    await stack.set_sandbox("sandbox-sms", "ok")
+    for _ in range(100):  # the ingester stores it shortly after the failure
+        if nid in (await stack.client.get("/v1/dlq")).text:
+            break
+        await asyncio.sleep(0.1)
+    code, out, _ = await herald("dlq", "list", "--reason", "permanent_error", *common, env=env)
+    assert code == 0 and "permanent_error" in out and "sandbox-sms" in out
+    dead_id = out.splitlines()[1].split()[0]
+    code, out, _ = await herald("dlq", "show", dead_id, *common, env=env)
+    assert json.loads(out)["notification_id"] == nid
+    code, out, _ = await herald(
+        "dlq", "replay", dead_id, "--reason", "vendor fixed", *common, env=env
+    )
+    assert code == 0 and json.loads(out)["status"] == "accepted"
+    await stack.wait_status(nid, "sent")
+    code, _, err = await herald("dlq", "discard", dead_id, "--reason", "too late", *common, env=env)
+    assert code == 1 and "409" in err
