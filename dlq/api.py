@@ -10,8 +10,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from dlq.audit import recent
-from dlq.queries import BadCursor, DeadLetterFilter, item, list_dead_letters
+from dlq.audit import recent, record_now
+from dlq.bulk import BulkReplayer, filter_of
+from dlq.queries import (
+    BadCursor,
+    DeadLetterFilter,
+    count_matching,
+    item,
+    list_dead_letters,
+    oldest_after,
+)
 from dlq.replay import DeadLetterNotFound, DeadLetters, ReplayRefused
 from herald.domain import Channel, DeadLetterReason
 from herald.logs import mask_address, mask_text
@@ -184,3 +192,84 @@ async def audit_log(
 ) -> dict[str, Any]:
     """Who replayed, discarded, changed rules or overrode a breaker: newest first."""
     return {"items": await recent(request.app.state.sessions, limit=limit, action=action)}
+
+
+class BulkReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Channel | None = None
+    category: str | None = None
+    provider: str | None = Field(None, description="dead letters whose last provider was this")
+    reason: DeadLetterReason | None = None
+    error_code: str | None = None
+    caller: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = False
+    override_provider: str | None = Field(None, description="send them through this provider")
+    max_per_s: float = Field(10.0, gt=0, le=1000)
+    comment: str | None = Field(None, max_length=500)
+
+
+@router.post("/replay")
+async def bulk_replay(
+    request: Request,
+    body: BulkReplayRequest,
+    principal: Annotated[Principal, Depends(require("dlq:write"))],
+) -> JSONResponse:
+    """Every open dead letter matching the filter: ``dry_run`` counts them and shows a
+    sample; otherwise they are replayed in the background at ``max_per_s`` at most."""
+    for name, value in (("since", body.since), ("until", body.until)):
+        if value is not None and value.tzinfo is None:
+            raise FieldError(name, "needs a timezone (e.g. 2026-01-01T00:00:00Z)")
+    rules = request.app.state.rules_source.current()
+    if body.override_provider is not None and body.override_provider not in rules.providers:
+        raise FieldError("override_provider", f"no provider named {body.override_provider!r}")
+    filters = body.model_dump(
+        mode="json",
+        include={
+            "channel",
+            "category",
+            "provider",
+            "reason",
+            "error_code",
+            "caller",
+            "since",
+            "until",
+        },
+        exclude_none=True,
+    )
+    matching = filter_of(filters)
+    sessions = request.app.state.sessions
+    count = await count_matching(sessions, matching)
+    if body.dry_run:
+        sample = await oldest_after(sessions, matching, None, 5)
+        return JSONResponse({"count": count, "sample": [item(d) for d in sample]})
+    bulk: BulkReplayer = request.app.state.bulk_replayer
+    replay_id = await bulk.create(
+        filters,
+        count,
+        actor=principal.name,
+        override_provider=body.override_provider,
+        max_per_s=body.max_per_s,
+        reason=body.comment,
+    )
+    await record_now(
+        sessions,
+        actor=principal.name,
+        action="dlq.bulk_replay",
+        target=replay_id,
+        reason=body.comment,
+        details={"filters": filters, "count": count, "max_per_s": body.max_per_s},
+    )
+    return JSONResponse({"replay_id": replay_id, "count": count}, status_code=202)
+
+
+@router.get("/replays/{replay_id}")
+async def bulk_replay_progress(
+    request: Request, replay_id: str, _: Annotated[Principal, Depends(require("dlq:read"))]
+) -> dict[str, Any]:
+    found = await request.app.state.bulk_replayer.get(replay_id)
+    if found is None:
+        raise Problem(404, "Not found", f"no bulk replay {replay_id}")
+    return found

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from herald.storage.db import SessionFactory
 from herald.storage.models import DeadLetter
@@ -64,7 +64,24 @@ async def list_dead_letters(
     sessions: SessionFactory, f: DeadLetterFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     D = DeadLetter
-    query = select(D)
+    query = _filtered(select(D), f)
+    if cursor:
+        at, id_ = decode_cursor(cursor)
+        query = query.where(
+            or_(D.dead_lettered_at < at, and_(D.dead_lettered_at == at, D.id < id_))
+        )
+    query = query.order_by(D.dead_lettered_at.desc(), D.id.desc()).limit(limit + 1)
+    async with sessions() as session:
+        rows = list((await session.execute(query)).scalars())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].dead_lettered_at, rows[-1].id)
+    return [item(r) for r in rows], next_cursor
+
+
+def _filtered(query: Any, f: DeadLetterFilter) -> Any:
+    D = DeadLetter
     for column, value in (
         (D.channel, f.channel),
         (D.category, f.category),
@@ -80,16 +97,26 @@ async def list_dead_letters(
         query = query.where(D.dead_lettered_at >= f.since)
     if f.until is not None:
         query = query.where(D.dead_lettered_at < f.until)
-    if cursor:
-        at, id_ = decode_cursor(cursor)
-        query = query.where(
-            or_(D.dead_lettered_at < at, and_(D.dead_lettered_at == at, D.id < id_))
-        )
-    query = query.order_by(D.dead_lettered_at.desc(), D.id.desc()).limit(limit + 1)
+    return query
+
+
+async def count_matching(sessions: SessionFactory, f: DeadLetterFilter) -> int:
     async with sessions() as session:
-        rows = list((await session.execute(query)).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].dead_lettered_at, rows[-1].id)
-    return [item(r) for r in rows], next_cursor
+        query = _filtered(select(func.count()).select_from(DeadLetter), f)
+        return int((await session.execute(query)).scalar_one())
+
+
+async def oldest_after(
+    sessions: SessionFactory, f: DeadLetterFilter, after: tuple[datetime, str] | None, limit: int
+) -> list[DeadLetter]:
+    """The next ``limit`` matching dead letters, oldest first, after a (time, id) cursor."""
+    D = DeadLetter
+    query = _filtered(select(D), f)
+    if after is not None:
+        at, id_ = after
+        query = query.where(
+            or_(D.dead_lettered_at > at, and_(D.dead_lettered_at == at, D.id > id_))
+        )
+    query = query.order_by(D.dead_lettered_at, D.id).limit(limit)
+    async with sessions() as session:
+        return list((await session.execute(query)).scalars())

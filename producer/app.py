@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from config.settings import Settings
 from dlq.api import audit_router
 from dlq.api import router as dlq_router
+from dlq.bulk import BulkReplayer
 from dlq.replay import DeadLetters
 from herald.logs import get_logger
 from herald.resources import Resources
@@ -111,6 +114,10 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.spend = SpendGuard(resources.redis, settings.spend_cap_per_key_per_day)
         state.otp = OtpStore(resources.redis, settings)
         state.dead_letters = DeadLetters(resources.sessions, outbox, settings)
+        state.bulk_replayer = BulkReplayer(
+            resources.sessions, state.dead_letters, owner=f"{socket.gethostname()}:{os.getpid()}"
+        )
+        state.bulk_replayer.start()
         state.rules_store = rules_store
         state.rules_source = rules_source
         state.breakers = BreakerBoard(
@@ -126,6 +133,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await state.bulk_replayer.stop()
             await rules_source.stop()
             await outbox.stop()
             await resources.close()

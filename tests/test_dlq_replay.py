@@ -130,3 +130,67 @@ async def test_scopes_provider_override_and_other_audited_actions(database_url: 
         await stack.client.put("/v1/providers/sandbox-sms/breaker", json={"state": "open"})
         actions = [e["action"] for e in (await stack.client.get("/v1/audit")).json()["items"]]
         assert actions[0] == "breaker.override"
+
+
+async def fail_many(stack: Stack, count: int) -> list[str]:
+    await stack.set_sandbox("sandbox-sms", "permanent")
+    ids = [(await stack.send(**{**SMS, "body": f"n{i}"})).json()["id"] for i in range(count)]
+    await stack.wait_all_terminal(ids)
+    deadline = time.monotonic() + 20
+    while (await stack.client.post("/v1/dlq/replay", json={"dry_run": True})).json()[
+        "count"
+    ] < count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    await stack.set_sandbox("sandbox-sms", "ok")
+    return ids
+
+
+async def wait_done(stack: Stack, replay_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = (await stack.client.get(f"/v1/dlq/replays/{replay_id}")).json()
+        if state["state"] == "done":
+            return state  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.1)
+
+
+async def test_bulk_replay_dry_run_then_at_a_capped_rate_each_sent_once(database_url: str) -> None:
+    async with running_stack(stack_settings(database_url)) as stack:
+        ids = await fail_many(stack, 20)
+        dry = (
+            await stack.client.post(
+                "/v1/dlq/replay",
+                json={"dry_run": True, "reason": "permanent_error", "channel": "sms"},
+            )
+        ).json()
+        assert dry["count"] == 20 and len(dry["sample"]) == 5
+        started = time.monotonic()
+        job = await stack.client.post("/v1/dlq/replay", json={"max_per_s": 10})
+        assert job.status_code == 202 and job.json()["count"] == 20
+        done = await wait_done(stack, job.json()["replay_id"])
+        elapsed = time.monotonic() - started
+        assert done["replayed"] == 20 and done["refused"] == 0
+        assert elapsed >= 1.8, "20 at 10/s take about 2 s: the cap held"
+        await stack.wait_all_terminal(ids)
+        assert set((await stack.sandbox_copies(ids)).values()) == {1}
+        assert (await stack.client.post("/v1/dlq/replay", json={"dry_run": True})).json()[
+            "count"
+        ] == 0
+
+
+async def test_bulk_replay_resumes_after_the_api_restarts(database_url: str) -> None:
+    async with running_stack(stack_settings(database_url)) as stack:
+        ids = await fail_many(stack, 12)
+        job = (await stack.client.post("/v1/dlq/replay", json={"max_per_s": 4})).json()
+        await asyncio.sleep(1.2)
+        await stack.stop_api()  # mid-way through
+        half = await stack.statuses(ids)
+        assert 0 < list(half.values()).count("accepted") + list(half.values()).count("sent") < 12
+        await stack.start_api()
+        done = await wait_done(stack, job["replay_id"], timeout=60)
+        assert done["replayed"] + done["refused"] == 12
+        await stack.wait_all_terminal(ids)
+        assert set((await stack.statuses(ids)).values()) == {"sent"}
+        assert set((await stack.sandbox_copies(ids)).values()) == {1}, "none sent twice"

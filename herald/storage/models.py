@@ -197,3 +197,27 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]]
+
+
+class ReplayJob(Base):
+    """A bulk replay: its filter, its progress and where it is, so a restart resumes it."""
+
+    __tablename__ = "replay_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    filters: Mapped[dict[str, Any]]
+    override_provider: Mapped[str | None] = mapped_column(String(100))
+    max_per_s: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # running, done
+    total: Mapped[int] = mapped_column(Integer)
+    replayed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[int] = mapped_column(Integer, default=0)
+    cursor_at: Mapped[datetime | None]
+    cursor_id: Mapped[str | None] = mapped_column(String(36))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None]

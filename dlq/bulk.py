@@ -1,0 +1,197 @@
+"""Bulk replays: every open dead letter matching a filter, at a capped rate, resumable.
+
+The job row keeps the filter, the counts and a (time, id) cursor; each replay moves the
+cursor in the same process step, so a restarted API continues where the last one was
+(a dead letter already replayed is refused, never sent twice). One process works a job
+at a time through a lease on its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from dlq.queries import DeadLetterFilter, oldest_after
+from dlq.replay import DeadLetters, ReplayRefused
+from herald.domain import utcnow
+from herald.ids import new_id
+from herald.logs import get_logger
+from herald.storage.db import SessionFactory
+from herald.storage.models import ReplayJob, table_of
+
+log = get_logger(__name__)
+JOBS = table_of(ReplayJob)
+LEASE = timedelta(seconds=15)
+
+
+def filter_of(raw: dict[str, Any]) -> DeadLetterFilter:
+    values = dict(raw)
+    for key in ("since", "until"):
+        if values.get(key):
+            values[key] = datetime.fromisoformat(values[key])
+    return DeadLetterFilter(**values, state="open")
+
+
+def progress(row: Any) -> dict[str, Any]:
+    return {
+        "replay_id": row.id,
+        "state": row.state,
+        "total": row.total,
+        "replayed": row.replayed,
+        "skipped": row.skipped,
+        "refused": row.refused,
+        "max_per_s": row.max_per_s,
+        "override_provider": row.override_provider,
+        "created_by": row.created_by,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+class BulkReplayer:
+    def __init__(self, sessions: SessionFactory, dead_letters: DeadLetters, *, owner: str) -> None:
+        self.sessions = sessions
+        self.dead_letters = dead_letters
+        self.owner = owner
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def create(
+        self,
+        filters: dict[str, Any],
+        total: int,
+        *,
+        actor: str,
+        override_provider: str | None,
+        max_per_s: float,
+        reason: str | None,
+    ) -> str:
+        job_id = new_id()
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            await session.execute(
+                JOBS.insert().values(
+                    id=job_id,
+                    filters=filters,
+                    override_provider=override_provider,
+                    max_per_s=max_per_s,
+                    reason=reason,
+                    state="running",
+                    total=total,
+                    replayed=0,
+                    skipped=0,
+                    refused=0,
+                    created_by=actor,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        self._wake.set()
+        return job_id
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        async with self.sessions() as session:
+            row = (await session.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
+        return progress(row) if row else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                job = await self._claim()
+                if job is not None:
+                    await self._run(job)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - a bad step must not end bulk replays
+                log.warning("bulk_replay_step_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1)
+            self._wake.clear()
+
+    async def _claim(self) -> Any:
+        """Take a running job nobody holds (or whose holder stopped renewing its lease)."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            row = (
+                await session.execute(
+                    select(JOBS)
+                    .where(JOBS.c.state == "running")
+                    .where(
+                        or_(
+                            JOBS.c.lease_until.is_(None),
+                            JOBS.c.lease_until < now,
+                            JOBS.c.lease_owner == self.owner,
+                        )
+                    )
+                    .order_by(JOBS.c.created_at)
+                    .limit(1)
+                )
+            ).first()
+            if row is None:
+                return None
+            await session.execute(
+                update(JOBS)
+                .where(JOBS.c.id == row.id)
+                .values(lease_owner=self.owner, lease_until=now + LEASE)
+            )
+        return row
+
+    async def _run(self, job: Any) -> None:
+        filters = filter_of(job.filters)
+        cursor = (job.cursor_at, job.cursor_id) if job.cursor_at else None
+        interval = 1 / job.max_per_s
+        while True:
+            batch = await oldest_after(self.sessions, filters, cursor, 50)
+            if not batch:
+                await self._save(job.id, state="done")
+                log.info("bulk_replay_done", replay_id=job.id)
+                return
+            for dead in batch:
+                started = asyncio.get_running_loop().time()
+                outcome = "refused"
+                try:
+                    result = await self.dead_letters.replay(
+                        dead.id,
+                        actor=job.created_by,
+                        provider=job.override_provider,
+                        reason=job.reason or f"bulk replay {job.id}",
+                    )
+                    outcome = "replayed" if result.status == "accepted" else "skipped"
+                except ReplayRefused:
+                    pass
+                cursor = (dead.dead_lettered_at, dead.id)
+                await self._save(job.id, counter=outcome, cursor=cursor)
+                spent = asyncio.get_running_loop().time() - started
+                if spent < interval:
+                    await asyncio.sleep(interval - spent)
+
+    async def _save(
+        self,
+        job_id: str,
+        *,
+        state: str | None = None,
+        counter: str | None = None,
+        cursor: tuple[datetime, str] | None = None,
+    ) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {"updated_at": now, "lease_until": now + LEASE}
+        if state:
+            values["state"] = state
+        if counter:
+            values[counter] = getattr(JOBS.c, counter) + 1
+        if cursor:
+            values["cursor_at"], values["cursor_id"] = cursor
+        async with self.sessions.begin() as session:
+            await session.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
