@@ -501,3 +501,54 @@ def dlq_discard(
         if response.is_error:
             _show(response)
         typer.echo(f"discarded {dead_letter_id}")
+
+
+@dlq_app.command("replay-all")
+def dlq_replay_all(
+    channel: str | None = None,
+    provider: Annotated[str | None, typer.Option(help="Whose last provider was this")] = None,
+    reason: str | None = None,
+    since: str | None = None,
+    override_provider: Annotated[str | None, typer.Option(help="Send through this one")] = None,
+    max_per_s: Annotated[float, typer.Option(help="At most this many replays a second")] = 10,
+    dry_run: Annotated[bool, typer.Option(help="Only count them and show a sample")] = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Replay every open dead letter matching the filter, with a progress bar."""
+    import time
+
+    body: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "channel": channel,
+            "provider": provider,
+            "reason": reason,
+            "since": since,
+            "override_provider": override_provider,
+        }.items()
+        if v is not None
+    }
+    with _client(url, key) as client:
+        if dry_run:
+            _show(client.post("/v1/dlq/replay", json={**body, "dry_run": True}))
+            return
+        started = client.post("/v1/dlq/replay", json={**body, "max_per_s": max_per_s})
+        if started.is_error:
+            _show(started)
+        replay_id, total = started.json()["replay_id"], started.json()["count"]
+        typer.echo(f"bulk replay {replay_id}: {total} dead letters at most {max_per_s}/s")
+        with typer.progressbar(length=total, label="replaying") as bar:
+            seen = 0
+            while True:
+                state = client.get(f"/v1/dlq/replays/{replay_id}").json()
+                handled = state["replayed"] + state["skipped"] + state["refused"]
+                bar.update(handled - seen)
+                seen = handled
+                if state["state"] == "done":
+                    break
+                time.sleep(0.5)
+        typer.echo(
+            f"replayed {state['replayed']}, skipped {state['skipped']} (already sent), "
+            f"refused {state['refused']} (expired or already handled)"
+        )

@@ -199,3 +199,18 @@ async def test_dlq_commands(stack: Stack) -> None:
     await stack.wait_status(nid, "sent")
     code, _, err = await herald("dlq", "discard", dead_id, "--reason", "too late", *common, env=env)
     assert code == 1 and "409" in err
+
+
+@pytest.mark.integration
+async def test_dlq_replay_all_with_progress(stack: Stack) -> None:
+    from tests.test_dlq_replay import fail_many
+
+    env = as_env({"api_key": ADMIN_KEY})
+    common = ["--url", stack.url]
+    ids = await fail_many(stack, 6)
+    code, out, _ = await herald("dlq", "replay-all", "--dry-run", *common, env=env)
+    assert code == 0 and json.loads(out)["count"] == 6
+    code, out, _ = await herald("dlq", "replay-all", "--max-per-s", "20", *common, env=env)
+    assert code == 0 and "replayed 6, skipped 0" in out
+    await stack.wait_all_terminal(ids)
+    assert set((await stack.statuses(ids)).values()) == {"sent"}
