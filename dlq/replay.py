@@ -9,14 +9,14 @@ attempt budget and a fresh idempotency claim. It is refused for an expired messa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
 from config.settings import Settings
 from dlq import audit
-from herald.domain import Category, Channel, Envelope, Priority, Status, utcnow
+from herald.domain import Envelope, Status, utcnow
 from herald.errors import HeraldError
 from herald.storage.db import SessionFactory, inserted_id
 from herald.storage.models import DeadLetter, Notification, OutboxEntry, table_of
@@ -50,23 +50,14 @@ def envelope_of(
     provider: str | None,
 ) -> Envelope:
     """The message to publish again, rebuilt from what the dead-letter store kept."""
-    expires = payload.get("expires_at")
-    return Envelope(
-        id=notification_id,
-        channel=Channel(payload["channel"]),
-        to=payload["to"],
-        category=Category(payload["category"]),
-        priority=Priority(payload["priority"]),
-        body=payload.get("body"),
-        subject=payload.get("subject"),
-        template=payload.get("template"),
-        data=payload.get("data") or {},
-        metadata=payload.get("metadata") or {},
-        expires_at=datetime.fromisoformat(expires) if expires else None,
-        caller=caller,
-        generation=generation,
-        provider_override=provider,
-        otp_id=payload.get("otp_id"),
+    return Envelope.from_dict(
+        {
+            **payload,
+            "id": notification_id,
+            "generation": generation,
+            "caller": caller,
+            "provider_override": provider,
+        }
     )
 
 

@@ -146,7 +146,10 @@ class Envelope:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Envelope:
-        d = orjson.loads(raw)
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Envelope:
         expires = d.get("expires_at")
         return cls(
             id=d["id"],
