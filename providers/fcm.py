@@ -54,7 +54,7 @@ from requests.adapters import HTTPAdapter
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger, mask_text
-from providers.base import BaseProvider, Receipt, retry_after_seconds
+from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
 from providers.credentials import MissingCredential, resolve_credentials
 from providers.tokens import UnregisteredTokens
 
@@ -320,7 +320,7 @@ class FcmProvider(BaseProvider):
             base_url=spec.get("endpoint") or DEFAULT_BASE_URL,
             timeout_s=timeout_s,
         )
-        self._unlisted_seen: set[str] = set()
+        self._unlisted_seen = FirstTime()
 
     async def send(self, message: Envelope) -> Receipt:
         if await self.tokens.is_unregistered(message.to):
@@ -357,8 +357,7 @@ class FcmProvider(BaseProvider):
             text += f": {mask_text(verdict.detail)[:300]}"
         if verdict.config:
             log.error("fcm_setup_error", provider=self.name, code=verdict.code, error=text)
-        elif not verdict.listed and verdict.code not in self._unlisted_seen:
-            self._unlisted_seen.add(verdict.code)
+        elif not verdict.listed and self._unlisted_seen(verdict.code):
             log.warning(
                 "fcm_unlisted_error",
                 provider=self.name,

@@ -21,7 +21,7 @@ import httpx
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
-from providers.base import BaseProvider, Receipt, retry_after_seconds
+from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
 from providers.credentials import resolve_credentials
 from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body
 
@@ -107,7 +107,7 @@ class Msg91Provider(BaseProvider):
             timeout=timeout_s,
             transport=transport,
         )
-        self._unknown_codes: set[str] = set()
+        self._unknown_codes = FirstTime()
 
     def payload(self, message: Envelope, body: str) -> dict[str, Any]:
         """The Flow API request: one recipient, the body and ``data`` as variables."""
@@ -158,8 +158,7 @@ class Msg91Provider(BaseProvider):
         )
 
     def _log_unknown_once(self, code: str, status: int) -> None:
-        if code not in self._unknown_codes:
-            self._unknown_codes.add(code)
+        if self._unknown_codes(code):
             log.warning(
                 "msg91_unknown_error_code", provider=self.name, code=code, http_status=status
             )

@@ -45,7 +45,7 @@ import aiosmtplib
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger, mask_text
-from providers.base import BaseProvider, Receipt
+from providers.base import BaseProvider, FirstTime, Receipt
 from providers.credentials import MissingCredential, resolve_credentials
 from providers.email_message import InvalidEmail, Sender, build_email
 
@@ -270,7 +270,7 @@ class SmtpProvider(BaseProvider):
         self.sender = Sender.parse(credentials["from"])
         self.target = smtp_target(name, spec)
         self.timeout_s = timeout_s
-        self._unlisted_seen: set[str] = set()
+        self._unlisted_seen = FirstTime()
         self._pool = SmtpPool(
             [
                 aiosmtplib.SMTP(
@@ -309,8 +309,7 @@ class SmtpProvider(BaseProvider):
             text += f": {mask_text(verdict.detail)[:300]}"
         if verdict.config:
             log.error("smtp_setup_error", provider=self.name, code=verdict.code, error=text)
-        elif not verdict.listed and verdict.code not in self._unlisted_seen:
-            self._unlisted_seen.add(verdict.code)
+        elif not verdict.listed and self._unlisted_seen(verdict.code):
             log.warning(
                 "smtp_unlisted_error",
                 provider=self.name,

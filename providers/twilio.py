@@ -26,7 +26,7 @@ from twilio.rest import Client
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
-from providers.base import BaseProvider, Receipt, retry_after_seconds
+from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
 from providers.credentials import resolve_credentials
 from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body
 
@@ -178,7 +178,7 @@ class TwilioProvider(BaseProvider):
         self.timeout_s = timeout_s
         self._client: Client | None = None
         self._http: HeraldTwilioHttpClient | None = None
-        self._unknown_codes: set[str] = set()
+        self._unknown_codes = FirstTime()
 
     def _sdk(self) -> Any:
         """The SDK client, made on first use (aiohttp needs the running loop) and then
@@ -238,8 +238,7 @@ class TwilioProvider(BaseProvider):
         )
 
     def _log_unknown_once(self, code: str, status: int) -> None:
-        if code not in self._unknown_codes:
-            self._unknown_codes.add(code)
+        if self._unknown_codes(code):
             log.warning(
                 "twilio_unknown_error_code", provider=self.name, code=code, http_status=status
             )

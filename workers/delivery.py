@@ -61,7 +61,6 @@ class SendFailure:
     code: str | None
     permanent: bool
     retry_after: float | None
-    attempt_id: int
 
 
 @dataclass(slots=True)
@@ -180,15 +179,9 @@ class Delivery:
                 provider.send(message), timeout=self.settings.provider_timeout_s
             )
         except PermanentProviderError as exc:
-            # The vendor answered: a final "no" says nothing against its health.
-            await ctx.breakers.record(provider.name, ok=True, latency_ms=_ms_since(started))
+            failure = SendFailure(provider.name, str(exc), exc.code, True, None)
             metrics.FAILED.labels(*labels).inc()
-            failure = SendFailure(provider.name, str(exc), exc.code, True, None, attempt_id)
-            log.info(
-                "send_failed", notification_id=message.id, provider=provider.name, code=exc.code
-            )
         except (TransientProviderError, TimeoutError) as exc:
-            await ctx.breakers.record(provider.name, ok=False, latency_ms=_ms_since(started))
             transient = exc if isinstance(exc, TransientProviderError) else None
             failure = SendFailure(
                 provider.name,
@@ -196,23 +189,6 @@ class Delivery:
                 transient.code if transient else "timeout",
                 False,
                 transient.retry_after if transient else None,
-                attempt_id,
-            )
-            await ctx.store.finish(
-                notification_id=message.id,
-                attempt_id=attempt_id,
-                outcome=AttemptOutcome.TRANSIENT_ERROR,
-                status=Status.SENDING,
-                now=utcnow(),
-                latency_ms=_ms_since(started),
-                error=failure.error,
-                error_code=failure.code,
-            )
-            log.info(
-                "send_transient",
-                notification_id=message.id,
-                provider=provider.name,
-                code=failure.code,
             )
         else:
             latency = _ms_since(started)
@@ -221,17 +197,30 @@ class Delivery:
             await self._record_sent(message, attempt_id, receipt, latency)
             metrics.SENT.labels(*labels).inc()
             return receipt
-        if failure.permanent:
-            await ctx.store.finish(
-                notification_id=message.id,
-                attempt_id=attempt_id,
-                outcome=AttemptOutcome.PERMANENT_ERROR,
-                status=Status.FAILED,
-                now=utcnow(),
-                latency_ms=_ms_since(started),
-                error=failure.error,
-                error_code=failure.code,
-            )
+        latency = _ms_since(started)
+        # A final "no" is the vendor answering: it says nothing against its health.
+        await ctx.breakers.record(provider.name, ok=failure.permanent, latency_ms=latency)
+        await ctx.store.finish(
+            notification_id=message.id,
+            attempt_id=attempt_id,
+            outcome=(
+                AttemptOutcome.PERMANENT_ERROR
+                if failure.permanent
+                else AttemptOutcome.TRANSIENT_ERROR
+            ),
+            # After a transient error the delivery goes on with the next candidate.
+            status=Status.FAILED if failure.permanent else Status.SENDING,
+            now=utcnow(),
+            latency_ms=latency,
+            error=failure.error,
+            error_code=failure.code,
+        )
+        log.info(
+            "send_failed" if failure.permanent else "send_transient",
+            notification_id=message.id,
+            provider=provider.name,
+            code=failure.code,
+        )
         return failure
 
     async def _earlier_channel_delivered(self, message: Envelope) -> bool:
