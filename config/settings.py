@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     bootstrap_api_key: SecretStr | None = None
+    #: Signs console session cookies; unset, a key derived from OTP_SECRET is used.
+    console_secret: SecretStr | None = None
+    #: How long a console sign-in lasts.
+    console_session_hours: float = Field(12, gt=0, le=24 * 7)
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -8,22 +8,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from dlq.audit import recent, record_now
+from dlq.audit import recent
 from dlq.bulk import BulkReplayer, filter_of
 from dlq.queries import (
     BadCursor,
     DeadLetterFilter,
     count_matching,
+    detail,
     item,
     list_dead_letters,
     oldest_after,
 )
 from dlq.replay import DeadLetterNotFound, DeadLetters, ReplayRefused
 from herald.domain import Channel, DeadLetterReason
-from herald.logs import mask_address, mask_text
-from herald.storage.models import Attempt, DeadLetter
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import FieldError, Problem
@@ -68,56 +66,15 @@ async def list_dlq(
     return {"items": items, "next_cursor": next_cursor}
 
 
-def _masked_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """What on-call may see: the address partly hidden, an OTP never."""
-    shown = dict(payload)
-    if shown.get("to"):
-        shown["to"] = mask_address(str(shown["to"]))
-    if shown.get("category") == "otp":
-        shown["body"] = "[redacted]"
-    return shown
-
-
 @router.get("/{dead_letter_id}")
 async def show_dead_letter(
     request: Request, dead_letter_id: str, _: Annotated[Principal, Depends(require("dlq:read"))]
 ) -> dict[str, Any]:
     """One dead letter with its payload (personal data masked) and every attempt."""
-    async with request.app.state.sessions() as session:
-        dead = await session.get(DeadLetter, dead_letter_id)
-        if dead is None:
-            raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
-        attempts = (
-            (
-                await session.execute(
-                    select(Attempt)
-                    .where(Attempt.notification_id == dead.notification_id)
-                    .order_by(Attempt.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-    return {
-        **item(dead),
-        "resolved_at": dead.resolved_at.isoformat() if dead.resolved_at else None,
-        "resolved_by": dead.resolved_by,
-        "resolution": dead.resolution,
-        "payload": _masked_payload(dead.payload),
-        "history": [
-            {
-                "generation": a.generation,
-                "attempt": a.attempt_no,
-                "provider": a.provider,
-                "outcome": a.outcome,
-                "error_code": a.error_code,
-                "error": mask_text(a.error) if a.error else None,
-                "started_at": a.started_at.isoformat(),
-                "latency_ms": a.latency_ms,
-            }
-            for a in attempts
-        ],
-    }
+    found = await detail(request.app.state.sessions, dead_letter_id)
+    if found is None:
+        raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
+    return found
 
 
 class ReplayRequest(BaseModel):
@@ -188,10 +145,30 @@ async def audit_log(
     request: Request,
     _: Annotated[Principal, Depends(require("dlq:read"))],
     action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Who replayed, discarded, changed rules or overrode a breaker: newest first."""
-    return {"items": await recent(request.app.state.sessions, limit=limit, action=action)}
+    """Who replayed, discarded, changed rules or overrode a breaker: newest first, a page
+    at a time (pass ``next_cursor`` back as ``cursor``; it is null on the last page)."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise FieldError(name, "needs a timezone (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        items, next_cursor = await recent(
+            request.app.state.sessions,
+            limit=limit,
+            action=action,
+            actor=actor,
+            since=since,
+            until=until,
+            cursor=cursor,
+        )
+    except BadCursor:
+        raise FieldError("cursor", "is not a cursor this API returned") from None
+    return {"items": items, "next_cursor": next_cursor}
 
 
 class BulkReplayRequest(BaseModel):
@@ -253,14 +230,6 @@ async def bulk_replay(
         override_provider=body.override_provider,
         max_per_s=body.max_per_s,
         reason=body.comment,
-    )
-    await record_now(
-        sessions,
-        actor=principal.name,
-        action="dlq.bulk_replay",
-        target=replay_id,
-        reason=body.comment,
-        details={"filters": filters, "count": count, "max_per_s": body.max_per_s},
     )
     return JSONResponse({"replay_id": replay_id, "count": count}, status_code=202)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from dlq.queries import BadCursor, decode_cursor, encode_cursor
 from herald.domain import utcnow
 from herald.ids import new_id
 from herald.storage.db import SessionFactory
@@ -45,22 +47,49 @@ async def record_now(sessions: SessionFactory, **entry: Any) -> None:
 
 
 async def recent(
-    sessions: SessionFactory, *, limit: int, action: str | None
-) -> list[dict[str, Any]]:
-    query = select(AUDIT).order_by(AUDIT.c.at.desc(), AUDIT.c.id.desc()).limit(limit)
-    if action:
-        query = query.where(AUDIT.c.action == action)
+    sessions: SessionFactory,
+    *,
+    limit: int,
+    action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Entries newest first, one page at a time: the page and the cursor of the next one
+    (``None`` on the last page). ``since`` is inclusive, ``until`` exclusive.
+
+    Raises ``BadCursor`` for a cursor this function did not return.
+    """
+    query = select(AUDIT)
+    for column, value in ((AUDIT.c.action, action), (AUDIT.c.actor, actor)):
+        if value:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(AUDIT.c.at >= since)
+    if until is not None:
+        query = query.where(AUDIT.c.at < until)
+    if cursor:
+        at, id_ = decode_cursor(cursor)
+        if at.tzinfo is None:  # not one of ours (ours carry +00:00); a naive time cannot bind
+            raise BadCursor("the cursor's time has no timezone")
+        query = query.where(or_(AUDIT.c.at < at, and_(AUDIT.c.at == at, AUDIT.c.id < id_)))
+    query = query.order_by(AUDIT.c.at.desc(), AUDIT.c.id.desc()).limit(limit + 1)
     async with sessions() as session:
-        rows = await session.execute(query)
-        return [
-            {
-                "id": r.id,
-                "at": r.at.isoformat(),
-                "actor": r.actor,
-                "action": r.action,
-                "target": r.target,
-                "reason": r.reason,
-                "details": r.details,
-            }
-            for r in rows
-        ]
+        rows = list(await session.execute(query))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].at, rows[-1].id)
+    return [
+        {
+            "id": r.id,
+            "at": r.at.isoformat(),
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "reason": r.reason,
+            "details": r.details,
+        }
+        for r in rows
+    ], next_cursor

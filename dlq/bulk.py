@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from dlq import audit
 from dlq.queries import DeadLetterFilter, oldest_after
 from dlq.replay import DeadLetters, ReplayRefused
 from herald.domain import utcnow
@@ -70,6 +71,7 @@ class BulkReplayer:
         max_per_s: float,
         reason: str | None,
     ) -> str:
+        """Start a job; the audit entry commits with it."""
         job_id = new_id()
         now = utcnow()
         async with self.sessions.begin() as session:
@@ -89,6 +91,19 @@ class BulkReplayer:
                     created_at=now,
                     updated_at=now,
                 )
+            )
+            await audit.record(
+                session,
+                actor=actor,
+                action="dlq.bulk_replay",
+                target=job_id,
+                reason=reason,
+                details={
+                    "filters": filters,
+                    "count": total,
+                    "max_per_s": max_per_s,
+                    "override_provider": override_provider,
+                },
             )
         self._wake.set()
         return job_id

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
+from herald.logs import mask_address, mask_text
 from herald.storage.db import SessionFactory
-from herald.storage.models import DeadLetter
+from herald.storage.models import Attempt, DeadLetter
 
 
 class BadCursor(ValueError):
@@ -50,7 +51,7 @@ def item(row: DeadLetter) -> dict[str, Any]:
         "channel": row.channel,
         "category": row.category,
         "reason": row.reason,
-        "last_error": row.last_error,
+        "last_error": mask_text(row.last_error) if row.last_error else None,
         "last_error_code": row.last_error_code,
         "last_provider": row.last_provider,
         "attempts": row.attempts,
@@ -120,3 +121,77 @@ async def oldest_after(
     query = query.order_by(D.dead_lettered_at, D.id).limit(limit)
     async with sessions() as session:
         return list((await session.execute(query)).scalars())
+
+
+def masked_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """What on-call may see: the address partly hidden, an OTP never."""
+    shown = dict(payload)
+    if shown.get("to"):
+        shown["to"] = mask_address(str(shown["to"]))
+    if shown.get("category") == "otp":
+        shown["body"] = "[redacted]"
+    return shown
+
+
+async def detail(sessions: SessionFactory, dead_letter_id: str) -> dict[str, Any] | None:
+    """One dead letter with its payload (personal data masked) and every attempt of every
+    generation, oldest first: what the API and the console show."""
+    async with sessions() as session:
+        dead = await session.get(DeadLetter, dead_letter_id)
+        if dead is None:
+            return None
+        attempts = (
+            await session.execute(
+                select(Attempt)
+                .where(Attempt.notification_id == dead.notification_id)
+                .order_by(Attempt.id)
+            )
+        ).scalars()
+        history = [
+            {
+                "generation": a.generation,
+                "attempt": a.attempt_no,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "error_code": a.error_code,
+                "error": mask_text(a.error) if a.error else None,
+                "started_at": a.started_at.isoformat(),
+                "latency_ms": a.latency_ms,
+            }
+            for a in attempts
+        ]
+    return {
+        **item(dead),
+        "resolved_at": dead.resolved_at.isoformat() if dead.resolved_at else None,
+        "resolved_by": dead.resolved_by,
+        "resolution": dead.resolution,
+        "payload": masked_payload(dead.payload),
+        "history": history,
+    }
+
+
+async def open_counts(sessions: SessionFactory, *, top: int = 10) -> dict[str, Any]:
+    """Open dead letters in total and by channel, reason, provider and error code (the
+    ``top`` largest groups of each): the console's "what is dead and why"."""
+    D = DeadLetter
+    grouped: dict[str, list[tuple[str | None, int]]] = {}
+    async with sessions() as session:
+        total = int(
+            (await session.execute(select(func.count()).where(D.state == "open"))).scalar_one()
+        )
+        for name, column in (
+            ("channel", D.channel),
+            ("reason", D.reason),
+            ("provider", D.last_provider),
+            ("error_code", D.last_error_code),
+        ):
+            count = func.count().label("n")
+            rows = await session.execute(
+                select(column, count)
+                .where(D.state == "open")
+                .group_by(column)
+                .order_by(count.desc(), column)
+                .limit(top)
+            )
+            grouped[name] = [(value, int(n)) for value, n in rows]
+    return {"total": total, **grouped}

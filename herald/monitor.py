@@ -33,6 +33,10 @@ class QueueDepthMonitor:
             metrics.QUEUE_DEPTH.labels(name).set(depths[name])
         return depths
 
+    def forget_channel(self) -> None:
+        """After a broker error: open a fresh channel on the next sample."""
+        self._channel = None
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
 
@@ -42,7 +46,7 @@ class QueueDepthMonitor:
                 await self.sample()
             except BROKER_ERRORS as exc:
                 log.debug("queue_depth_sample_failed", error=repr(exc))
-                self._channel = None
+                self.forget_channel()
             await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:

@@ -14,11 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings
+from dlq import console
 from dlq.api import audit_router
 from dlq.api import router as dlq_router
 from dlq.bulk import BulkReplayer
 from dlq.replay import DeadLetters
 from herald.logs import get_logger
+from herald.monitor import QueueDepthMonitor
 from herald.resources import Resources
 from producer.accept import AcceptService
 from producer.auth import KeyStore
@@ -40,6 +42,7 @@ from producer.routes_otp import router as otp_router
 from producer.routes_providers import router as providers_router
 from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
+from producer.routing_changes import RulesEditor
 from producer.webhooks import ROUTERS as WEBHOOK_ROUTERS
 from providers.sandbox import SandboxStore
 from ratelimit import RedisRateLimiter
@@ -120,6 +123,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.bulk_replayer.start()
         state.rules_store = rules_store
         state.rules_source = rules_source
+        state.rules_editor = RulesEditor(rules_store, rules_source)
+        assert resources.amqp is not None
+        state.console_queues = QueueDepthMonitor(resources.amqp)
         state.breakers = BreakerBoard(
             resources.redis, breaker_config(settings), cache_s=settings.breaker_cache_s
         )
@@ -161,4 +167,5 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     app.include_router(otp_router)
     for webhook_router in WEBHOOK_ROUTERS:
         app.include_router(webhook_router)
+    console.install(app, settings)
     return app

@@ -71,6 +71,20 @@ class KeyStore:
         self._cache[digest] = (time.monotonic() + self.cache_s, principal)
         return principal
 
+    async def by_id(self, key_id: str) -> Principal | None:
+        """The key behind a console session; ``None`` once it is revoked."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.revoked_at).where(
+                        ApiKey.id == key_id
+                    )
+                )
+            ).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(row.id, row.name, frozenset(row.scopes))
+
     async def create(self, name: str, scopes: list[str], *, key: str | None = None) -> str:
         unknown = set(scopes) - SCOPES
         if unknown:

@@ -17,7 +17,7 @@ from router.health import BreakerBoard
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
 
 
-async def _view(board: BreakerBoard, name: str, spec: Any) -> dict[str, Any]:
+async def provider_view(board: BreakerBoard, name: str, spec: Any) -> dict[str, Any]:
     breaker = (await board.states([name]))[name]
     stats = await board.stats(name)
     return {
@@ -42,7 +42,7 @@ async def list_providers(
     """Every provider of the rules in force; rates cover the breaker window."""
     rules = request.app.state.rules_source.current()
     board: BreakerBoard = request.app.state.breakers
-    return {"items": [await _view(board, n, s) for n, s in rules.providers.items()]}
+    return {"items": [await provider_view(board, n, s) for n, s in rules.providers.items()]}
 
 
 class BreakerOverride(BaseModel):
@@ -72,4 +72,4 @@ async def override_breaker(
         target=name,
         details={"state": body.state},
     )
-    return await _view(board, name, rules.providers[name])
+    return await provider_view(board, name, rules.providers[name])

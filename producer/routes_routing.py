@@ -10,20 +10,19 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from dlq.audit import record_now
-from herald.domain import Category, Channel, Envelope, Priority
+from herald.domain import Category, Channel
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import Problem
+from producer.routing_changes import RulesEditor
 from router.health import BreakerBoard
 from router.rules import RoutingRules
-from router.select import plan
+from router.simulate import simulate as simulate_plan
 from router.store import RulesStore, StaleRules, StoredRules, diff, to_yaml
 from router.validation import (
     RulesInvalid,
     ValidationIssue,
     parse_and_validate,
-    validate_document,
 )
 
 router = APIRouter(prefix="/v1/routing", tags=["routing"])
@@ -103,25 +102,15 @@ async def put_rules(
             errors=[{"field": "If-Match", "message": "is required"}],
         )
     document = await _document(request)
-    issues = validate_document(document)
-    if any(i.severity == "error" for i in issues):
-        raise _invalid(issues)
+    editor: RulesEditor = request.app.state.rules_editor
     try:
-        saved = await _store(request).save(
+        saved, issues = await editor.save(
             document, if_match=if_match, who=principal.name, comment=comment
         )
+    except RulesInvalid as exc:
+        raise _invalid(list(exc.issues)) from None
     except StaleRules as exc:
         raise Problem(412, "Precondition failed", str(exc)) from None
-    await record_now(
-        request.app.state.sessions,
-        actor=principal.name,
-        action="routing.save",
-        target=f"rules version {saved.version}",
-        reason=comment,
-        details={"version": saved.version, "etag": saved.etag},
-    )
-    await request.app.state.rules_source.announce(saved.version)
-    await request.app.state.rules_source.refresh()
     return JSONResponse(
         {"version": saved.version, "etag": saved.etag, "warnings": _issues(issues)},
         headers={"ETag": saved.etag},
@@ -185,9 +174,10 @@ async def rollback(
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> JSONResponse:
     """Put an earlier version back in force (saved as a new version)."""
+    editor: RulesEditor = request.app.state.rules_editor
     try:
-        saved = await _store(request).rollback(
-            body.version, who=principal.name, if_match=if_match or "*"
+        saved = await editor.rollback(
+            body.version, if_match=if_match or "*", who=principal.name, comment=body.comment
         )
     except KeyError:
         raise Problem(
@@ -198,16 +188,6 @@ async def rollback(
         ) from None
     except StaleRules as exc:
         raise Problem(412, "Precondition failed", str(exc)) from None
-    await record_now(
-        request.app.state.sessions,
-        actor=principal.name,
-        action="routing.rollback",
-        target=f"rules version {saved.version}",
-        reason=body.comment,
-        details={"version": saved.version, "restored": body.version},
-    )
-    await request.app.state.rules_source.announce(saved.version)
-    await request.app.state.rules_source.refresh()
     return JSONResponse(
         {"version": saved.version, "etag": saved.etag}, headers={"ETag": saved.etag}
     )
@@ -237,28 +217,7 @@ async def simulate(
             raise _invalid(list(exc.issues)) from None
     else:
         rules = request.app.state.rules_source.current()
-    message = Envelope(
-        id="simulation",
-        channel=body.channel,
-        to=body.to,
-        category=body.category,
-        priority=Priority.NORMAL,
-        caller=body.caller,
-    )
     board: BreakerBoard = request.app.state.breakers
-    available = await board.availability(rules.providers)
-    result = plan(rules, message, available)
-    return {
-        "rule": result.rule,
-        "version": rules.version,
-        "candidates": [
-            {
-                "provider": c.provider,
-                "tier": c.tier,
-                "cost": c.cost,
-                "healthy": c.healthy,
-                "reason": c.reason,
-            }
-            for c in result.considered
-        ],
-    }
+    return await simulate_plan(
+        rules, board, channel=body.channel, to=body.to, category=body.category, caller=body.caller
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ import orjson
 import yaml
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from herald.domain import utcnow
 from herald.errors import HeraldError
@@ -22,6 +24,9 @@ from herald.storage.models import RoutingVersion, table_of
 from router.validation import RulesInvalid, validate_document
 
 VERSIONS = table_of(RoutingVersion)
+
+#: Work to commit in the same transaction as a saved version (the audit entry).
+AlsoInTransaction = Callable[[AsyncSession, "StoredRules"], Awaitable[None]]
 
 
 class StaleRules(HeraldError):
@@ -118,9 +123,16 @@ class RulesStore:
             return [_stored(r) for r in rows]
 
     async def save(
-        self, document: dict[str, Any], *, if_match: str, who: str, comment: str | None = None
+        self,
+        document: dict[str, Any],
+        *,
+        if_match: str,
+        who: str,
+        comment: str | None = None,
+        also: AlsoInTransaction | None = None,
     ) -> StoredRules:
-        """Store ``document`` as the next version if ``if_match`` names the current one."""
+        """Store ``document`` as the next version if ``if_match`` names the current one;
+        ``also`` runs in the same transaction."""
         current = await self.current()
         if if_match.strip() not in (current.etag, "*"):
             raise StaleRules(f"rules changed since {if_match}; the current ETag is {current.etag}")
@@ -133,20 +145,34 @@ class RulesStore:
             "comment": comment,
             "created_at": utcnow(),
         }
+        saved = StoredRules(**row)  # type: ignore[arg-type]
         try:
             async with self.sessions.begin() as session:
                 await session.execute(insert(VERSIONS).values(**row))
+                if also is not None:
+                    await also(session, saved)
         except IntegrityError:
             raise StaleRules(
                 "another edit was saved at the same moment; reload and retry"
             ) from None
-        return StoredRules(**row)  # type: ignore[arg-type]
+        return saved
 
-    async def rollback(self, version: int, *, who: str, if_match: str = "*") -> StoredRules:
+    async def rollback(
+        self,
+        version: int,
+        *,
+        who: str,
+        if_match: str = "*",
+        also: AlsoInTransaction | None = None,
+    ) -> StoredRules:
         """Save an earlier version's document again, as a new version."""
         earlier = await self.get(version)
         if earlier is None:
             raise KeyError(version)
         return await self.save(
-            earlier.document, if_match=if_match, who=who, comment=f"rollback to version {version}"
+            earlier.document,
+            if_match=if_match,
+            who=who,
+            comment=f"rollback to version {version}",
+            also=also,
         )

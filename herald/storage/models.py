@@ -95,7 +95,10 @@ class Notification(Base):
 
 class Attempt(Base):
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_notification", "notification_id", "id"),)
+    __table_args__ = (
+        Index("ix_attempts_notification", "notification_id", "id"),
+        Index("ix_attempts_started", "started_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     notification_id: Mapped[str] = mapped_column(
