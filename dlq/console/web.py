@@ -144,4 +144,12 @@ def when(value: str | datetime | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def cost(value: Any) -> str:
+    """A provider's cost: one number, or per destination country with a default."""
+    if isinstance(value, dict):
+        return " · ".join(f"{country} {price:g}" for country, price in value.items())
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
 TEMPLATES.env.filters["when"] = when
+TEMPLATES.env.filters["cost"] = cost
