@@ -8,7 +8,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from herald.domain import utcnow
@@ -56,29 +56,22 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.revoked_at).where(
-                        ApiKey.key_hash == digest
-                    )
-                )
-            ).first()
-        if row is None or row.revoked_at is not None:
+        principal = await self._active(ApiKey.key_hash == digest)
+        if principal is None:
             self._cache.pop(digest, None)
             return None
-        principal = Principal(row.id, row.name, frozenset(row.scopes))
         self._cache[digest] = (time.monotonic() + self.cache_s, principal)
         return principal
 
     async def by_id(self, key_id: str) -> Principal | None:
-        """The key behind a console session; ``None`` once it is revoked."""
+        """The key behind a console session, uncached: ``None`` once it is revoked."""
+        return await self._active(ApiKey.id == key_id)
+
+    async def _active(self, where: ColumnElement[bool]) -> Principal | None:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.revoked_at).where(
-                        ApiKey.id == key_id
-                    )
+                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.revoked_at).where(where)
                 )
             ).first()
         if row is None or row.revoked_at is not None:

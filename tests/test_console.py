@@ -16,18 +16,10 @@ from sqlalchemy import insert, select, update
 from dlq.console.overview import sends_per_minute
 from herald.storage.models import ApiKey, Attempt, AuditEntry, DeadLetter, Notification
 from producer.auth import KeyStore
-from tests.support.console import csrf_of, post_form, signed_in
+from tests.support.console import EMAIL, SMS, csrf_of, dead_letters_from, post_form, signed_in
 from tests.support.stack import Stack, running_stack, stack_settings
 
 pytestmark = pytest.mark.integration
-SMS = {"channel": "sms", "to": "+447400123456", "category": "transactional", "body": "Hi"}
-EMAIL = {
-    "channel": "email",
-    "to": "ops@example.com",
-    "category": "transactional",
-    "subject": "Hello",
-    "body": "Hi",
-}
 
 
 @dataclass
@@ -45,52 +37,28 @@ class Console:
 @pytest.fixture
 async def console(sqlite_url: str) -> AsyncIterator[Console]:
     async with running_stack(stack_settings(sqlite_url)) as stack:
-        for provider in ("sandbox-sms", "sandbox-email"):
-            await stack.set_sandbox(provider, "permanent")
-        nids = []
-        for i in range(6):
-            message = SMS if i % 2 == 0 else EMAIL
-            nids.append((await stack.send(**message)).json()["id"])
-        for nid in nids:
-            await stack.wait_status(nid, "failed")
-        for provider in ("sandbox-sms", "sandbox-email"):
-            await stack.set_sandbox(provider, "ok")
-        await wait_for_dead_letters(stack, nids)
-        yield Console(stack, nids)
-
-
-async def wait_for_dead_letters(stack: Stack, nids: list[str]) -> None:
-    for _ in range(150):
-        async with stack.sessions() as session:
-            stored = (await session.execute(select(DeadLetter.notification_id))).scalars()
-            if set(nids) <= set(stored):
-                return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the dead letters were not stored")
+        yield Console(stack, await dead_letters_from(stack, [SMS, EMAIL] * 3))
 
 
 async def key_with(console: Console, *scopes: str) -> str:
     return await KeyStore(console.stack.sessions).create(f"key-{'-'.join(scopes)}", list(scopes))
 
 
-async def dead_letter_id(console: Console, i: int) -> str:
-    notification_id = console.nids[i]
+async def dead_letter(console: Console, i: int) -> DeadLetter:
     async with console.stack.sessions() as session:
         return (
             await session.execute(
-                select(DeadLetter.id).where(DeadLetter.notification_id == notification_id)
+                select(DeadLetter).where(DeadLetter.notification_id == console.nids[i])
             )
         ).scalar_one()
+
+
+async def dead_letter_id(console: Console, i: int) -> str:
+    return (await dead_letter(console, i)).id
 
 
 async def state_of(console: Console, i: int) -> str:
-    notification_id = console.nids[i]
-    async with console.stack.sessions() as session:
-        return (
-            await session.execute(
-                select(DeadLetter.state).where(DeadLetter.notification_id == notification_id)
-            )
-        ).scalar_one()
+    return (await dead_letter(console, i)).state
 
 
 async def test_pages_send_a_stranger_to_sign_in_and_back(console: Console) -> None:
@@ -449,3 +417,14 @@ async def test_sends_per_minute_buckets_attempts_by_minute(database_url: str) ->
     assert (minutes[-1].sent, minutes[-1].failed) == (1, 1)
     assert (minutes[-2].sent, minutes[-2].failed) == (1, 0)
     assert sum(m.sent for m in minutes) == 2  # an hour ago is outside the window
+
+
+async def test_signing_out_ends_the_session(console: Console) -> None:
+    async with signed_in(console.url) as client:
+        page = await client.get("/console")
+        response = await client.post("/console/logout", data={"csrf_token": csrf_of(page.text)})
+        assert response.status_code == 303
+        assert 'herald_console=""' in response.headers["set-cookie"]
+        after = await client.get("/console")
+        assert after.status_code == 303
+        assert after.headers["location"].startswith("/console/login")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
+from tests.support.console import EMAIL, SMS, dead_letters_from
 from tests.support.stack import ADMIN_KEY, Stack, running_stack, stack_settings
 
 pytestmark = pytest.mark.integration
@@ -30,14 +31,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
-SMS = {"channel": "sms", "to": "+447400123456", "category": "transactional", "body": "Hi"}
-EMAIL = {
-    "channel": "email",
-    "to": "ops@example.com",
-    "category": "transactional",
-    "subject": "Hello",
-    "body": "Hi",
-}
 
 if not shutil.which(CHROMIUM) and not os.environ.get("CI"):  # CI installs it: .ci/run
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -55,14 +48,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def stack(sqlite_url: str) -> AsyncIterator[Stack]:
     """Three real dead letters: two SMS and one e-mail the sandbox refused for good."""
     async with running_stack(stack_settings(sqlite_url)) as stack:
-        for provider in ("sandbox-sms", "sandbox-email"):
-            await stack.set_sandbox(provider, "permanent")
-        nids = [(await stack.send(**m)).json()["id"] for m in (SMS, SMS, EMAIL)]
-        for nid in nids:
-            await stack.wait_status(nid, "failed")
-        for provider in ("sandbox-sms", "sandbox-email"):
-            await stack.set_sandbox(provider, "ok")
-        stack.values["nids"] = nids
+        stack.values["nids"] = await dead_letters_from(stack, [SMS, SMS, EMAIL])
         yield stack
 
 

@@ -3,16 +3,27 @@ forms with the CSRF token the pages carry."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
-from tests.support.stack import ADMIN_KEY
+from herald.storage.models import DeadLetter
+from tests.support.stack import ADMIN_KEY, Stack
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+SMS = {"channel": "sms", "to": "+447400123456", "category": "transactional", "body": "Hi"}
+EMAIL = {
+    "channel": "email",
+    "to": "ops@example.com",
+    "category": "transactional",
+    "subject": "Hello",
+    "body": "Hi",
+}
 
 
 def csrf_of(html: str) -> str:
@@ -40,3 +51,23 @@ async def post_form(
     """Open ``page``, take its CSRF token and post ``fields`` to ``action``."""
     html = (await client.get(page)).text
     return await client.post(action, data={"csrf_token": csrf_of(html), **fields})
+
+
+async def dead_letters_from(stack: Stack, messages: list[dict[str, Any]]) -> list[str]:
+    """Send ``messages`` while the sandbox refuses them for good, wait until each is a
+    stored dead letter, then let the sandbox deliver again (so replays can succeed)."""
+    providers = [f"sandbox-{m['channel']}" for m in messages]
+    for provider in set(providers):
+        await stack.set_sandbox(provider, "permanent")
+    nids = [(await stack.send(**m)).json()["id"] for m in messages]
+    for nid in nids:
+        await stack.wait_status(nid, "failed")
+    for provider in set(providers):
+        await stack.set_sandbox(provider, "ok")
+    for _ in range(150):
+        async with stack.sessions() as session:
+            stored = (await session.execute(select(DeadLetter.notification_id))).scalars()
+            if set(nids) <= set(stored):
+                return nids
+        await asyncio.sleep(0.1)
+    raise AssertionError("the dead letters were not stored")
