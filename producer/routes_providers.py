@@ -60,16 +60,22 @@ async def override_breaker(
 ) -> dict[str, Any]:
     """``open`` drains the provider, ``closed`` forces traffic through, ``auto`` hands
     control back to the failure rate."""
-    rules = request.app.state.rules_source.current()
-    if name not in rules.providers:
+    found = await set_breaker(request.app.state, name, body.state, actor=principal.name)
+    if found is None:
         raise Problem(404, "Not found", f"no provider named {name!r}")
-    board: BreakerBoard = request.app.state.breakers
-    await board.force(name, None if body.state == "auto" else Override(body.state))
+    return found
+
+
+async def set_breaker(state: Any, name: str, mode: str, *, actor: str) -> dict[str, Any] | None:
+    """Force a provider's breaker ``open`` or ``closed``, or hand it back (``auto``), and
+    audit it; ``None`` when the rules in force have no such provider. The console's
+    buttons call this too."""
+    rules = state.rules_source.current()
+    if name not in rules.providers:
+        return None
+    board: BreakerBoard = state.breakers
+    await board.force(name, None if mode == "auto" else Override(mode))
     await record_now(
-        request.app.state.sessions,
-        actor=principal.name,
-        action="breaker.override",
-        target=name,
-        details={"state": body.state},
+        state.sessions, actor=actor, action="breaker.override", target=name, details={"state": mode}
     )
     return await provider_view(board, name, rules.providers[name])

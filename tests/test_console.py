@@ -428,3 +428,35 @@ async def test_signing_out_ends_the_session(console: Console) -> None:
         after = await client.get("/console")
         assert after.status_code == 303
         assert after.headers["location"].startswith("/console/login")
+
+
+async def test_on_call_drains_a_provider_from_the_overview(console: Console) -> None:
+    async with signed_in(console.url) as client:
+        page = await client.get("/console")
+        assert 'action="/console/providers/sandbox-sms/breaker"' in page.text
+        response = await client.post(
+            "/console/providers/sandbox-sms/breaker",
+            data={"csrf_token": csrf_of(page.text), "state": "open"},
+        )
+        assert response.status_code == 303
+    providers = (await console.stack.client.get("/v1/providers")).json()["items"]
+    sms = next(p for p in providers if p["name"] == "sandbox-sms")
+    assert (sms["breaker"], sms["override"]) == ("open", "open")
+    [entry] = (
+        await console.stack.client.get("/v1/audit", params={"action": "breaker.override"})
+    ).json()["items"]
+    assert (entry["actor"], entry["target"], entry["details"]) == (
+        "bootstrap",
+        "sandbox-sms",
+        {"state": "open"},
+    )
+    async with signed_in(
+        console.url, await key_with(console, "dlq:read", "routing:read")
+    ) as reader:
+        page = await reader.get("/console")
+        assert "/breaker" not in page.text  # no override without routing:write
+        refused = await reader.post(
+            "/console/providers/sandbox-sms/breaker",
+            data={"csrf_token": csrf_of(page.text), "state": "auto"},
+        )
+        assert refused.status_code == 403

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from config.settings import Settings
-from dlq.console import audit_page, dead_letters, home, routing, signin
+from dlq.console import audit_page, dead_letters, home, providers, routing, signin
 from dlq.console.session import SessionCodec, console_secret
 from dlq.console.web import ConsoleRefused, SignInRequired, go, render, sign_in_url
 
@@ -37,5 +37,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(SignInRequired, _on_sign_in_required)
     app.add_exception_handler(ConsoleRefused, _on_refused)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
-    for module in (signin, home, dead_letters, routing, audit_page):
+    for module in (signin, home, dead_letters, routing, providers, audit_page):
         app.include_router(module.router)
