@@ -126,6 +126,20 @@ async def test_on_call_signs_in_filters_opens_replays_and_edits_routing(
     rules = (await stack.client.get("/v1/routing/rules")).json()
     assert rules["version"] == 1, "an invalid document is never saved"
 
+    current = await stack.client.get("/v1/routing/rules")
+    edited = current.json()["document"]
+    edited["providers"]["sandbox-sms"]["cost"] = {"default": 0.5}
+    saved = await stack.client.put(
+        "/v1/routing/rules", json=edited, headers={"If-Match": current.headers["etag"]}
+    )
+    assert saved.json()["version"] == 2
+    await page.reload()
+    await expect(page.locator("#diff")).to_contain_text("0.5")
+    page.once("dialog", lambda dialog: dialog.accept())  # the "Put version 1 back?" prompt
+    await page.get_by_role("button", name="Roll back to v1").click()
+    await expect(page.get_by_role("status")).to_contain_text("version 3 restores version 1")
+    assert (await stack.client.get("/v1/routing/rules")).json()["version"] == 3
+
     refused_save = "the server responded with a status of 422"
     unexpected = [e for e in errors if refused_save not in e]
     assert unexpected == [], f"the browser reported errors (CSP?): {unexpected}"

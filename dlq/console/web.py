@@ -112,6 +112,12 @@ def render(
         status_code=status,
     )
     response.headers.update(SECURITY_HEADERS)
+    if is_htmx(request) and not template.startswith("_"):
+        # A whole page answering an htmx request (a refusal, a conflict): show its main
+        # part in place of the page's, not inside the small element that asked.
+        response.headers.update(
+            {"HX-Retarget": "main", "HX-Reselect": "main", "HX-Reswap": "outerHTML"}
+        )
     return response
 
 
