@@ -101,6 +101,7 @@ async def test_on_call_signs_in_filters_opens_replays_and_edits_routing(
     await expect(timeline).to_have_count(1)
     await expect(timeline).to_contain_text("permanent error")
     await expect(page.locator("pre.payload")).to_contain_text("+44********56")
+    await page.screenshot(path=str(ARTIFACTS / "console-dead-letter.png"), full_page=True)
 
     await page.get_by_role("link", name="Replay…").click()
     await expect(page.get_by_role("heading", name="Replay this message?")).to_be_visible()
@@ -121,6 +122,7 @@ async def test_on_call_signs_in_filters_opens_replays_and_edits_routing(
     await expect(errors_box).to_be_visible()
     await expect(errors_box).to_contain_text("sandbox-smz")
     await expect(errors_box).to_contain_text("rules[0]")
+    await page.screenshot(path=str(ARTIFACTS / "console-routing.png"), full_page=True)
     await page.get_by_role("button", name="Save as version 2").click()
     await expect(page.locator("#validation-errors")).to_contain_text("not saveable")
     rules = (await stack.client.get("/v1/routing/rules")).json()
