@@ -1,15 +1,17 @@
 """Bulk replays: every open dead letter matching a filter, at a capped rate, resumable.
 
-The job row keeps the filter, the counts and a (time, id) cursor; each replay moves the
-cursor in the same process step, so a restarted API continues where the last one was
-(a dead letter already replayed is refused, never sent twice). One process works a job
-at a time through a lease on its row.
+The job row keeps the filter, the counts and a (time, id) cursor, saved every half
+second, so a restarted API continues from about where the last one was: what it had
+replayed is no longer open, so it is never sent twice (only counts of the last half
+second before a crash can be missing). One process works a job at a time through a
+lease on its row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +29,10 @@ from herald.storage.models import ReplayJob, table_of
 log = get_logger(__name__)
 JOBS = table_of(ReplayJob)
 LEASE = timedelta(seconds=15)
+#: Progress (counts and cursor) is written at most this often, not per replay: a replay
+#: is what makes it safe to resume (a replayed dead letter is no longer open, so a
+#: restarted job re-reading from an older cursor skips it); the counts can only lag.
+SAVE_EVERY_S = 0.5
 
 
 def filter_of(raw: dict[str, Any]) -> DeadLetterFilter:
@@ -38,6 +44,7 @@ def filter_of(raw: dict[str, Any]) -> DeadLetterFilter:
 
 
 def progress(row: Any) -> dict[str, Any]:
+    done = row.replayed + row.skipped + row.refused
     return {
         "replay_id": row.id,
         "state": row.state,
@@ -45,6 +52,9 @@ def progress(row: Any) -> dict[str, Any]:
         "replayed": row.replayed,
         "skipped": row.skipped,
         "refused": row.refused,
+        #: Matched when the job started, then replayed or discarded by someone else
+        #: before the job reached them (known once the job is done).
+        "resolved_elsewhere": max(row.total - done, 0) if row.state == "done" else None,
         "max_per_s": row.max_per_s,
         "override_provider": row.override_provider,
         "created_by": row.created_by,
@@ -167,14 +177,17 @@ class BulkReplayer:
         filters = filter_of(job.filters)
         cursor = (job.cursor_at, job.cursor_id) if job.cursor_at else None
         interval = 1 / job.max_per_s
+        clock = asyncio.get_running_loop().time
+        unsaved: Counter[str] = Counter()
+        saved_at = clock()
         while True:
             batch = await oldest_after(self.sessions, filters, cursor, 50)
             if not batch:
-                await self._save(job.id, state="done")
+                await self._save(job.id, state="done", counts=unsaved, cursor=cursor)
                 log.info("bulk_replay_done", replay_id=job.id)
                 return
             for dead in batch:
-                started = asyncio.get_running_loop().time()
+                started = clock()
                 outcome = "refused"
                 try:
                     result = await self.dead_letters.replay(
@@ -187,8 +200,12 @@ class BulkReplayer:
                 except ReplayRefused:
                     pass
                 cursor = (dead.dead_lettered_at, dead.id)
-                await self._save(job.id, counter=outcome, cursor=cursor)
-                spent = asyncio.get_running_loop().time() - started
+                unsaved[outcome] += 1
+                if clock() - saved_at >= SAVE_EVERY_S:
+                    await self._save(job.id, counts=unsaved, cursor=cursor)
+                    unsaved.clear()
+                    saved_at = clock()
+                spent = clock() - started
                 if spent < interval:
                     await asyncio.sleep(interval - spent)
 
@@ -197,15 +214,15 @@ class BulkReplayer:
         job_id: str,
         *,
         state: str | None = None,
-        counter: str | None = None,
+        counts: Counter[str] | None = None,
         cursor: tuple[datetime, str] | None = None,
     ) -> None:
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now, "lease_until": now + LEASE}
         if state:
             values["state"] = state
-        if counter:
-            values[counter] = getattr(JOBS.c, counter) + 1
+        for counter, n in (counts or {}).items():
+            values[counter] = getattr(JOBS.c, counter) + n
         if cursor:
             values["cursor_at"], values["cursor_id"] = cursor
         async with self.sessions.begin() as session:

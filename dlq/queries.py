@@ -39,9 +39,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, _, id_ = raw.partition("|")
-        return datetime.fromisoformat(at), id_
+        parsed = datetime.fromisoformat(at)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCursor(str(exc)) from None
+    if parsed.tzinfo is None:  # every cursor we hand out carries one
+        raise BadCursor("a cursor's time has a timezone")
+    return parsed, id_
 
 
 def item(row: DeadLetter) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from dlq.ingester import DeadLetterIngester
+from dlq.queries import encode_cursor
 from herald.domain import Category, Channel, Envelope, Priority
 from herald.storage.models import DeadLetter
 from producer.auth import KeyStore
@@ -108,6 +109,9 @@ async def test_bad_filters_and_scopes(dlq: Stack) -> None:
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "reason"
     bad = await dlq.client.get("/v1/dlq", params={"cursor": "!!!"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor"
+    naive = encode_cursor(datetime(2026, 1, 1), "x")  # well-formed, but no timezone
+    crafted = await dlq.client.get("/v1/dlq", params={"cursor": naive})
+    assert crafted.status_code == 422 and crafted.json()["errors"][0]["field"] == "cursor"
     bad = await dlq.client.get("/v1/dlq", params={"since": "2026-01-01T00:00:00"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "since"
     sender = await KeyStore(dlq.sessions).create("sender-only", ["send"])

@@ -47,11 +47,12 @@ from tests.support.stack import (
 pytestmark = pytest.mark.integration
 
 COUNT = 5000
-#: The job's rate cap. Replaying one dead letter costs the job about 15 ms of the API
-#: process on a 2-core VM (two transactions and a publish), so there it goes at 40-65/s
-#: uncapped: a cap of 50 is what it has to hold back to there, at no cost in time, and a
-#: job that ignored its cap would fail. 5,000 at 50/s is 100 s however fast the machine.
-CAP = 50
+#: The job's rate cap. Replaying one dead letter costs the job about 10 ms of the API
+#: process on a 2-core VM (one transaction and a publish; progress is saved twice a
+#: second), so uncapped it averages about 70/s with busiest seconds near 100: a cap of 75
+#: is close to what it can do, so a job that ignored its cap would fail (its busiest
+#: second would pass 76). 5,000 at 75/s is 67 s however fast the machine.
+CAP = 75
 ERROR = "sandbox-sms: recipient rejected (sandbox)"
 N, A, DL = table_of(Notification), table_of(Attempt), table_of(DeadLetter)
 
@@ -210,7 +211,7 @@ async def audit_entries(stack: Stack, **params: Any) -> list[dict[str, Any]]:
 # and the worker drains about 150/s against the job's writes, which makes 5,000 take
 # minutes. The bulk replay tests in test_dlq_replay.py cover both databases.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-@pytest.mark.timeout(360)  # 100 s at the cap, up to 200 s on a busy 2-core VM
+@pytest.mark.timeout(360)  # 67 s at the cap; 85-90 s measured, more on a busy 2-core VM
 async def test_a_storm_of_5000_replays_holds_the_cap_and_sends_each_once(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -257,11 +258,12 @@ async def test_a_storm_of_5000_replays_holds_the_cap_and_sends_each_once(
         # (c) the job ends done and replayed everything on-call had not. A dead letter
         # on-call took while the job held it in its current batch counts as refused; one
         # taken before the job read its batch is no longer open, never comes up, and is
-        # counted nowhere: so replayed + refused can end below the total.
+        # reported as resolved elsewhere.
         done = await progress(stack, replay_id)
         assert done["state"] == "done" and done["total"] == COUNT
         assert done["replayed"] == COUNT - len(by_hand)
-        assert done["skipped"] == 0 and done["refused"] <= len(by_hand)
+        assert done["skipped"] == 0
+        assert done["refused"] + done["resolved_elsewhere"] == len(by_hand)
 
         # (a) the cap, read from when each of the job's replays was recorded: resolved_at
         # is the first thing a replay takes, with no await after the job's pacing sleep.

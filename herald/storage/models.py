@@ -149,6 +149,8 @@ class DeadLetter(Base):
     __table_args__ = (
         UniqueConstraint("notification_id", "generation", name="uq_dead_letters_episode"),
         Index("ix_dead_letters_time", "dead_lettered_at", "id"),
+        #: The console's default view (open ones, newest first) and its counts.
+        Index("ix_dead_letters_state_time", "state", "dead_lettered_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
