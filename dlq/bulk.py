@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from dlq import audit
 from dlq.queries import DeadLetterFilter, oldest_after
@@ -175,55 +177,67 @@ class BulkReplayer:
 
     async def _run(self, job: Any) -> None:
         filters = filter_of(job.filters)
-        cursor = (job.cursor_at, job.cursor_id) if job.cursor_at else None
-        interval = 1 / job.max_per_s
-        clock = asyncio.get_running_loop().time
-        unsaved: Counter[str] = Counter()
-        saved_at = clock()
-        while True:
-            batch = await oldest_after(self.sessions, filters, cursor, 50)
-            if not batch:
-                await self._save(job.id, state="done", counts=unsaved, cursor=cursor)
-                log.info("bulk_replay_done", replay_id=job.id)
-                return
-            for dead in batch:
-                started = clock()
-                outcome = "refused"
+        progress = _Unsaved((job.cursor_at, job.cursor_id) if job.cursor_at else None)
+        try:
+            while True:
+                batch = await oldest_after(self.sessions, filters, progress.cursor, 50)
+                if not batch:
+                    await self._save(job.id, state="done", progress=progress)
+                    log.info("bulk_replay_done", replay_id=job.id)
+                    return
+                await self._replay_batch(job, batch, progress)
+        finally:
+            if progress.counts:  # stopping, or a failed step: keep what was done
                 try:
-                    result = await self.dead_letters.replay(
-                        dead.id,
-                        actor=job.created_by,
-                        provider=job.override_provider,
-                        reason=job.reason or f"bulk replay {job.id}",
-                    )
-                    outcome = "replayed" if result.status == "accepted" else "skipped"
-                except ReplayRefused:
-                    pass
-                cursor = (dead.dead_lettered_at, dead.id)
-                unsaved[outcome] += 1
-                if clock() - saved_at >= SAVE_EVERY_S:
-                    await self._save(job.id, counts=unsaved, cursor=cursor)
-                    unsaved.clear()
-                    saved_at = clock()
-                spent = clock() - started
-                if spent < interval:
-                    await asyncio.sleep(interval - spent)
+                    await self._save(job.id, progress=progress)
+                except SQLAlchemyError as exc:
+                    log.warning("bulk_replay_progress_lost", replay_id=job.id, error=repr(exc))
 
-    async def _save(
-        self,
-        job_id: str,
-        *,
-        state: str | None = None,
-        counts: Counter[str] | None = None,
-        cursor: tuple[datetime, str] | None = None,
-    ) -> None:
+    async def _replay_batch(self, job: Any, batch: list[Any], progress: _Unsaved) -> None:
+        """Replay ``batch`` at the job's pace, saving progress every ``SAVE_EVERY_S``."""
+        clock = asyncio.get_running_loop().time
+        interval = 1 / job.max_per_s
+        for dead in batch:
+            started = clock()
+            outcome = "refused"
+            try:
+                result = await self.dead_letters.replay(
+                    dead.id,
+                    actor=job.created_by,
+                    provider=job.override_provider,
+                    reason=job.reason or f"bulk replay {job.id}",
+                )
+                outcome = "replayed" if result.status == "accepted" else "skipped"
+            except ReplayRefused:
+                pass
+            progress.counts[outcome] += 1
+            progress.cursor = (dead.dead_lettered_at, dead.id)
+            if clock() - progress.saved_at >= SAVE_EVERY_S:
+                await self._save(job.id, progress=progress)
+            spent = clock() - started
+            if spent < interval:
+                await asyncio.sleep(interval - spent)
+
+    async def _save(self, job_id: str, *, progress: _Unsaved, state: str | None = None) -> None:
+        """Add the unsaved counts and move the cursor (then the counts start again)."""
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now, "lease_until": now + LEASE}
         if state:
             values["state"] = state
-        for counter, n in (counts or {}).items():
+        for counter, n in progress.counts.items():
             values[counter] = getattr(JOBS.c, counter) + n
-        if cursor:
-            values["cursor_at"], values["cursor_id"] = cursor
+        if progress.cursor:
+            values["cursor_at"], values["cursor_id"] = progress.cursor
         async with self.sessions.begin() as session:
             await session.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+        progress.counts.clear()
+        progress.saved_at = asyncio.get_running_loop().time()
+
+
+@dataclass(slots=True)
+class _Unsaved:
+    """A running job's progress since it was last written."""
+
+    cursor: tuple[datetime, str] | None
+    counts: Counter[str] = field(default_factory=Counter)
+    saved_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())

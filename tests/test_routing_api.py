@@ -202,6 +202,7 @@ async def test_simulate_agrees_with_what_the_workers_then_do(database_url: str) 
         await stack.client.put(
             "/v1/routing/rules", json=two_sms_providers(), headers={"If-Match": etag}
         )
+        await asyncio.sleep(1.1)  # every worker has new rules within a second (else its poll)
         message = {"channel": "sms", "to": SMS_TO, "category": "transactional"}
         for drained in (None, "sandbox-sms-cheap"):
             if drained:
