@@ -164,7 +164,9 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(
 
             await wait_until(depth_exported, timeout=10)
             started = time.monotonic()
-            assert worker.terminate(timeout=30) == 0
+            # Off the loop: this process's API holds SQLite write transactions now and
+            # then; a loop blocked in wait() would keep one open and starve the worker.
+            assert await asyncio.to_thread(worker.terminate, 30) == 0
             took = time.monotonic() - started
             statuses = await stack.statuses(ids)
             assert "sending" not in statuses.values(), "in-flight sends were finished before exit"
