@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -424,6 +425,11 @@ def otp_verify(
         _show(client.post("/v1/otp/verify", json={"to": to, "code": code}))
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (a filter left out is not sent as null)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @dlq_app.command("list")
 def dlq_list(
     channel: str | None = None,
@@ -437,17 +443,7 @@ def dlq_list(
     key: KeyOption = None,
 ) -> None:
     """Dead letters, newest first, as a table."""
-    params = {
-        k: v
-        for k, v in {
-            "channel": channel,
-            "provider": provider,
-            "reason": reason,
-            "since": since,
-            "limit": limit,
-        }.items()
-        if v is not None
-    }
+    params = _given(channel=channel, provider=provider, reason=reason, since=since, limit=limit)
     with _client(url, key) as client:
         response = client.get("/v1/dlq", params=params)
         if response.is_error:
@@ -516,19 +512,13 @@ def dlq_replay_all(
     key: KeyOption = None,
 ) -> None:
     """Replay every open dead letter matching the filter, with a progress bar."""
-    import time
-
-    body: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "channel": channel,
-            "provider": provider,
-            "reason": reason,
-            "since": since,
-            "override_provider": override_provider,
-        }.items()
-        if v is not None
-    }
+    body = _given(
+        channel=channel,
+        provider=provider,
+        reason=reason,
+        since=since,
+        override_provider=override_provider,
+    )
     with _client(url, key) as client:
         if dry_run:
             _show(client.post("/v1/dlq/replay", json={**body, "dry_run": True}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -63,6 +63,31 @@ def _recipient_field(channel: Channel, to: str, field: str) -> str:
         raise FieldError(field, exc.errors[0]["message"]) from None
 
 
+def otp_send(
+    channel: Channel,
+    to: str,
+    issued: IssuedOtp,
+    *,
+    send_at: datetime | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ValidSend:
+    """The message carrying an OTP: high priority, no body (the worker renders the code),
+    expiring with the code."""
+    return ValidSend(
+        channel=channel,
+        to=to,
+        category=Category.OTP,
+        priority=Priority.HIGH,
+        subject=None,
+        body=None,
+        data={},
+        metadata=metadata or {},
+        expires_at=issued.expires_at,
+        send_at=send_at,
+        otp_id=issued.otp_id,
+    )
+
+
 async def _queue_fallbacks(
     request: Request,
     principal: Principal,
@@ -78,19 +103,7 @@ async def _queue_fallbacks(
         send_at = utcnow() + timedelta(seconds=step * state.settings.otp_fallback_after_s)
         if send_at >= issued.expires_at:
             break
-        valid = ValidSend(
-            channel=channel,
-            to=to,
-            category=Category.OTP,
-            priority=Priority.HIGH,
-            subject=None,
-            body=None,
-            data={},
-            metadata={"otp_chain": list(chain)},
-            expires_at=issued.expires_at,
-            send_at=send_at,
-            otp_id=issued.otp_id,
-        )
+        valid = otp_send(channel, to, issued, send_at=send_at, metadata={"otp_chain": chain[:]})
         accepted = await state.accept.accept(
             principal, valid, idempotency_key=None, fingerprint=None
         )
@@ -147,19 +160,7 @@ async def send_otp(
         )
     except RedisError:
         raise _redis_down() from None
-    valid = ValidSend(
-        channel=channel,
-        to=to,
-        category=Category.OTP,
-        priority=Priority.HIGH,
-        subject=None,
-        body=None,
-        data={},
-        metadata={},
-        expires_at=issued.expires_at,
-        send_at=None,
-        otp_id=issued.otp_id,
-    )
+    valid = otp_send(channel, to, issued)
     await state.spend.charge(principal, estimated_cost(request, valid))
     accepted = await state.accept.accept(principal, valid, idempotency_key=None, fingerprint=None)
     fallback_ids: list[str] = []

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlq import audit
 from router.source import RulesSource
-from router.store import RulesStore, StoredRules
+from router.store import AlsoInTransaction, RulesStore, StoredRules
 from router.validation import RulesInvalid, ValidationIssue, validate_document
 
 
@@ -28,18 +28,12 @@ class RulesEditor:
         if any(i.severity == "error" for i in issues):
             raise RulesInvalid(issues)
 
-        async def audited(session: AsyncSession, saved: StoredRules) -> None:
-            await audit.record(
-                session,
-                actor=who,
-                action="routing.save",
-                target=f"rules version {saved.version}",
-                reason=comment,
-                details={"version": saved.version, "etag": saved.etag},
-            )
-
         saved = await self.store.save(
-            document, if_match=if_match, who=who, comment=comment, also=audited
+            document,
+            if_match=if_match,
+            who=who,
+            comment=comment,
+            also=_audited("routing.save", who, comment),
         )
         await self._announce(saved)
         return saved, issues
@@ -49,21 +43,31 @@ class RulesEditor:
     ) -> StoredRules:
         """Put ``version``'s document back in force as a new version (``KeyError`` when
         there is no such version)."""
-
-        async def audited(session: AsyncSession, saved: StoredRules) -> None:
-            await audit.record(
-                session,
-                actor=who,
-                action="routing.rollback",
-                target=f"rules version {saved.version}",
-                reason=comment,
-                details={"version": saved.version, "restored": version},
-            )
-
-        saved = await self.store.rollback(version, who=who, if_match=if_match, also=audited)
+        saved = await self.store.rollback(
+            version,
+            who=who,
+            if_match=if_match,
+            also=_audited("routing.rollback", who, comment, restored=version),
+        )
         await self._announce(saved)
         return saved
 
     async def _announce(self, saved: StoredRules) -> None:
         await self.source.announce(saved.version)
         await self.source.refresh()
+
+
+def _audited(action: str, who: str, comment: str | None, **details: Any) -> AlsoInTransaction:
+    """The audit entry a rules change commits with its new version."""
+
+    async def record(session: AsyncSession, saved: StoredRules) -> None:
+        await audit.record(
+            session,
+            actor=who,
+            action=action,
+            target=f"rules version {saved.version}",
+            reason=comment,
+            details={"version": saved.version, "etag": saved.etag, **details},
+        )
+
+    return record

@@ -9,9 +9,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Literal, Protocol
 
 from herald.domain import Channel, Envelope
+from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
+from herald.logs import get_logger, mask_text
+
+log = get_logger(__name__)
+Kind = Literal["transient", "permanent"]
+
+#: Answers from a proxy, gateway or overloaded vendor that carry no vendor code: the same
+#: for every HTTP vendor, so each adapter's status table adds only its own rows.
+GATEWAY_STATUS_TABLE: Final[dict[int, tuple[Kind, str]]] = {
+    429: ("transient", "too many requests"),
+    500: ("transient", "server error"),
+    502: ("transient", "bad gateway"),
+    503: ("transient", "service unavailable"),
+    504: ("transient", "gateway timeout"),
+}
+
+
+def provider_error(
+    permanent: bool, text: str, *, code: str, retry_after: float | None = None
+) -> ProviderError:
+    """The exception for a classified vendor failure (a retry hint only if transient)."""
+    if permanent:
+        return PermanentProviderError(text, code=code)
+    return TransientProviderError(text, code=code, retry_after=retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a vendor failure means for the message, read from an adapter's error table."""
+
+    permanent: bool
+    code: str
+    meaning: str
+    detail: str = ""
+    retry_after: float | None = None
+    listed: bool = True  # False: not in the table, classified by class or status only
+    config: bool = False  # our set-up is wrong (credentials, TLS): logged as an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +89,30 @@ class BaseProvider:
         self.name = name
         self.channel = channel
         self.spec = spec
+        self._unlisted_seen = FirstTime()
+
+    def error_for(self, verdict: Verdict, vendor: str, message: Envelope) -> ProviderError:
+        """The error to raise for ``verdict``; a set-up error is logged as an error, a code
+        missing from the table once per provider (``<type>_setup_error``,
+        ``<type>_unlisted_error``)."""
+        text = f"{self.name}: {vendor} {verdict.code} {verdict.meaning}"
+        if verdict.detail:
+            text += f": {mask_text(verdict.detail)[:300]}"
+        if verdict.config:
+            log.error(
+                f"{self.type_name}_setup_error", provider=self.name, code=verdict.code, error=text
+            )
+        elif not verdict.listed and self._unlisted_seen(verdict.code):
+            log.warning(
+                f"{self.type_name}_unlisted_error",
+                provider=self.name,
+                code=verdict.code,
+                permanent=verdict.permanent,
+                notification_id=message.id,
+            )
+        return provider_error(
+            verdict.permanent, text, code=verdict.code, retry_after=verdict.retry_after
+        )
 
     async def lookup(self, message: Envelope) -> Receipt | None:
         return None

@@ -37,7 +37,6 @@ import json
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -52,9 +51,9 @@ from redis.asyncio import Redis
 from requests.adapters import HTTPAdapter
 
 from herald.domain import Channel, Envelope
-from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
-from herald.logs import get_logger, mask_text
-from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
+from herald.errors import PermanentProviderError
+from herald.logs import get_logger
+from providers.base import BaseProvider, Receipt, Verdict, retry_after_seconds
 from providers.credentials import MissingCredential, resolve_credentials
 from providers.tokens import UnregisteredTokens
 
@@ -107,17 +106,6 @@ class FcmTokenError(Exception):
     def __init__(self, message: str, *, refused: bool) -> None:
         super().__init__(message)
         self.refused = refused
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    permanent: bool
-    code: str
-    meaning: str
-    detail: str = ""
-    retry_after: float | None = None
-    listed: bool = True
-    config: bool = False
 
 
 def _rpc_error(body: Any) -> tuple[str | None, str | None, str]:
@@ -320,7 +308,6 @@ class FcmProvider(BaseProvider):
             base_url=spec.get("endpoint") or DEFAULT_BASE_URL,
             timeout_s=timeout_s,
         )
-        self._unlisted_seen = FirstTime()
 
     async def send(self, message: Envelope) -> Receipt:
         if await self.tokens.is_unregistered(message.to):
@@ -345,28 +332,11 @@ class FcmProvider(BaseProvider):
             verdict = failure_verdict(exc)
             if verdict.code == "UNREGISTERED":
                 await self.tokens.remember(message.to)
-            raise self._provider_error(message, verdict) from exc
+            raise self.error_for(verdict, "FCM", message) from exc
         return Receipt(provider=self.name, vendor_message_id=str(answer.get("name") or ""))
 
     async def close(self) -> None:
         self.client.close()
-
-    def _provider_error(self, message: Envelope, verdict: Verdict) -> ProviderError:
-        text = f"{self.name}: FCM {verdict.code} {verdict.meaning}"
-        if verdict.detail:
-            text += f": {mask_text(verdict.detail)[:300]}"
-        if verdict.config:
-            log.error("fcm_setup_error", provider=self.name, code=verdict.code, error=text)
-        elif not verdict.listed and self._unlisted_seen(verdict.code):
-            log.warning(
-                "fcm_unlisted_error",
-                provider=self.name,
-                code=verdict.code,
-                notification_id=message.id,
-            )
-        if verdict.permanent:
-            return PermanentProviderError(text, code=verdict.code)
-        return TransientProviderError(text, code=verdict.code, retry_after=verdict.retry_after)
 
 
 def factory(name: str, channel: Channel, spec: dict[str, Any], deps: ProviderDeps) -> FcmProvider:

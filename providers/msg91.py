@@ -14,14 +14,21 @@ The answer is JSON ``{"type": "success", "message": "<request id>"}`` or
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import httpx
 
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
-from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
+from providers.base import (
+    GATEWAY_STATUS_TABLE,
+    BaseProvider,
+    Kind,
+    Receipt,
+    provider_error,
+    retry_after_seconds,
+)
 from providers.credentials import resolve_credentials
 from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body
 
@@ -30,7 +37,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-Kind = Literal["transient", "permanent"]
 
 #: MSG91 error codes → what they mean for us. Permanent: the same request would fail
 #: again until someone changes the message or Herald's MSG91 set-up (auth key, sender,
@@ -59,11 +65,7 @@ ERROR_TABLE: Final[dict[str, tuple[Kind, str]]] = {
 #: Answers with no MSG91 code (a gateway, or an outage): decided by HTTP status.
 HTTP_STATUS_TABLE: Final[dict[int, tuple[Kind, str]]] = {
     401: ("permanent", "authentication failed: check the auth_key credential"),
-    429: ("transient", "too many requests"),
-    500: ("transient", "server error"),
-    502: ("transient", "bad gateway"),
-    503: ("transient", "service unavailable"),
-    504: ("transient", "gateway timeout"),
+    **GATEWAY_STATUS_TABLE,
 }
 
 DEFAULT_BASE_URL: Final = "https://control.msg91.com"
@@ -107,7 +109,6 @@ class Msg91Provider(BaseProvider):
             timeout=timeout_s,
             transport=transport,
         )
-        self._unknown_codes = FirstTime()
 
     def payload(self, message: Envelope, body: str) -> dict[str, Any]:
         """The Flow API request: one recipient, the body and ``data`` as variables."""
@@ -158,7 +159,7 @@ class Msg91Provider(BaseProvider):
         )
 
     def _log_unknown_once(self, code: str, status: int) -> None:
-        if self._unknown_codes(code):
+        if self._unlisted_seen(code):
             log.warning(
                 "msg91_unknown_error_code", provider=self.name, code=code, http_status=status
             )
@@ -194,9 +195,7 @@ def classify(
             on_unknown(code, status)
     code = code or str(status)
     text = f"{provider}: MSG91 {code}: {meaning}" + (f" ({detail})" if detail else "")
-    if kind == "permanent":
-        return PermanentProviderError(text, code=code)
-    return TransientProviderError(text, code=code, retry_after=retry_after)
+    return provider_error(kind == "permanent", text, code=code, retry_after=retry_after)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -43,9 +43,9 @@ from urllib.parse import urlsplit
 import aiosmtplib
 
 from herald.domain import Channel, Envelope
-from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
-from herald.logs import get_logger, mask_text
-from providers.base import BaseProvider, FirstTime, Receipt
+from herald.errors import PermanentProviderError
+from herald.logs import get_logger
+from providers.base import BaseProvider, Receipt, Verdict
 from providers.credentials import MissingCredential, resolve_credentials
 from providers.email_message import InvalidEmail, Sender, build_email
 
@@ -118,18 +118,6 @@ def smtp_target(provider: str, spec: Mapping[str, Any]) -> SmtpTarget:
     if not parts.hostname:
         raise ValueError(f"{provider}.endpoint: no host in {endpoint!r}")
     return SmtpTarget(parts.hostname, parts.port or DEFAULT_PORTS[mode], mode)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What an SMTP failure means for the message."""
-
-    permanent: bool
-    code: str
-    meaning: str
-    detail: str = ""
-    listed: bool = True  # False: classified by reply class only; worth a log line
-    config: bool = False  # our set-up is wrong (credentials, TLS): logged as an error
 
 
 def reply_verdict(code: int, detail: str) -> Verdict:
@@ -270,7 +258,6 @@ class SmtpProvider(BaseProvider):
         self.sender = Sender.parse(credentials["from"])
         self.target = smtp_target(name, spec)
         self.timeout_s = timeout_s
-        self._unlisted_seen = FirstTime()
         self._pool = SmtpPool(
             [
                 aiosmtplib.SMTP(
@@ -297,29 +284,11 @@ class SmtpProvider(BaseProvider):
             async with asyncio.timeout(self.timeout_s), self._pool.connection() as client:
                 await client.send_message(mail, sender=self.sender.address, recipients=[message.to])
         except SEND_ERRORS as exc:
-            raise self._provider_error(message, smtp_verdict(exc)) from exc
+            raise self.error_for(smtp_verdict(exc), "SMTP", message) from exc
         return Receipt(provider=self.name, vendor_message_id=str(mail["Message-ID"]))
 
     async def close(self) -> None:
         self._pool.close()
-
-    def _provider_error(self, message: Envelope, verdict: Verdict) -> ProviderError:
-        text = f"{self.name}: SMTP {verdict.code} {verdict.meaning}"
-        if verdict.detail:
-            text += f": {mask_text(verdict.detail)[:300]}"
-        if verdict.config:
-            log.error("smtp_setup_error", provider=self.name, code=verdict.code, error=text)
-        elif not verdict.listed and self._unlisted_seen(verdict.code):
-            log.warning(
-                "smtp_unlisted_error",
-                provider=self.name,
-                code=verdict.code,
-                permanent=verdict.permanent,
-                notification_id=message.id,
-            )
-        if verdict.permanent:
-            return PermanentProviderError(text, code=verdict.code)
-        return TransientProviderError(text, code=verdict.code)
 
 
 def factory(name: str, channel: Channel, spec: dict[str, Any], deps: ProviderDeps) -> SmtpProvider:

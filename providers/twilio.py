@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import contextvars
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import aiohttp
 import twilio.rest.api  # noqa: F401 - the SDK imports it lazily, on the first send, in the loop
@@ -26,7 +26,14 @@ from twilio.rest import Client
 from herald.domain import Channel, Envelope
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
-from providers.base import BaseProvider, FirstTime, Receipt, retry_after_seconds
+from providers.base import (
+    GATEWAY_STATUS_TABLE,
+    BaseProvider,
+    Kind,
+    Receipt,
+    provider_error,
+    retry_after_seconds,
+)
 from providers.credentials import resolve_credentials
 from providers.sms import DEFAULT_MAX_SEGMENTS, check_sms_body
 
@@ -35,7 +42,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-Kind = Literal["transient", "permanent"]
 
 #: Twilio error codes (https://www.twilio.com/docs/api/errors) → what they mean for us.
 #: Permanent: this message would fail the same way through Twilio again. Account set-up
@@ -70,11 +76,7 @@ ERROR_TABLE: Final[dict[int, tuple[Kind, str]]] = {
 HTTP_STATUS_TABLE: Final[dict[int, tuple[Kind, str]]] = {
     401: ("permanent", "authentication failed: check the account SID and auth token"),
     403: ("permanent", "forbidden: the account may not use this API"),
-    429: ("transient", "too many requests"),
-    500: ("transient", "server error"),
-    502: ("transient", "bad gateway"),
-    503: ("transient", "service unavailable"),
-    504: ("transient", "gateway timeout"),
+    **GATEWAY_STATUS_TABLE,
 }
 
 DEFAULT_BASE_URL: Final = "https://api.twilio.com"
@@ -178,7 +180,6 @@ class TwilioProvider(BaseProvider):
         self.timeout_s = timeout_s
         self._client: Client | None = None
         self._http: HeraldTwilioHttpClient | None = None
-        self._unknown_codes = FirstTime()
 
     def _sdk(self) -> Any:
         """The SDK client, made on first use (aiohttp needs the running loop) and then
@@ -238,7 +239,7 @@ class TwilioProvider(BaseProvider):
         )
 
     def _log_unknown_once(self, code: str, status: int) -> None:
-        if self._unknown_codes(code):
+        if self._unlisted_seen(code):
             log.warning(
                 "twilio_unknown_error_code", provider=self.name, code=code, http_status=status
             )
@@ -275,9 +276,7 @@ def classify(
         if on_unknown is not None:
             on_unknown(str(code), status)
     text = f"{provider}: Twilio {code}: {meaning}"
-    if kind == "permanent":
-        return PermanentProviderError(text, code=str(code))
-    return TransientProviderError(text, code=str(code), retry_after=retry_after)
+    return provider_error(kind == "permanent", text, code=str(code), retry_after=retry_after)
 
 
 def _as_int(value: object, *, default: int) -> int:
