@@ -219,6 +219,9 @@ def herald_values(database_url: str, api_port: int) -> dict[str, Any]:
         "api_port": api_port,
         "bootstrap_api_key": API_KEY,
         "log_level": "WARNING",
+        "sandbox_enabled": True,
+        "otp_secret": "bench-otp-secret-0123456789abcdef0123456789",
+        "console_secret": "bench-console-secret-0123456789abcdef01234",
         **dict.fromkeys(LIMIT_SETTINGS, UNLIMITED),
     }
 

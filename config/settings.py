@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(12, gt=0, le=24 * 7)
     log_level: str = "INFO"
     log_json: bool = True
+    #: ``herald dev`` sets it: the laxer defaults of a developer's machine (sandbox on,
+    #: loopback vendor endpoints, the built-in dev secrets). Never set it in production.
+    dev_mode: bool = False
 
     # Send API limits.
     max_request_bytes: int = 64 * 1024
@@ -130,7 +133,8 @@ class Settings(BaseSettings):
     otp_fallback_after_s: int = Field(60, ge=1)
 
     # Sandbox providers.
-    sandbox_enabled: bool = True
+    #: The sandbox API and providers; unset, on only under ``herald dev``.
+    sandbox_enabled: bool | None = None
     sandbox_keep: int = 100_000
     #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
     metrics_port: int | None = 9100
@@ -150,6 +154,11 @@ class Settings(BaseSettings):
 
     def backoff_for(self, category: str) -> BackoffPolicy:
         return self.backoff.get(category) or BackoffPolicy()
+
+    @property
+    def sandbox_on(self) -> bool:
+        """Whether the sandbox API and providers are available in this process."""
+        return self.dev_mode if self.sandbox_enabled is None else self.sandbox_enabled
 
     @property
     def is_sqlite(self) -> bool:

@@ -63,7 +63,7 @@ def dev(migrate: bool = True) -> None:
     from herald.service import run_dev
     from herald.storage.migrate import upgrade
 
-    settings = _settings()
+    settings = _settings().model_copy(update={"dev_mode": True})
     if migrate:
         upgrade(settings.database_url)
     _run(run_dev(settings))

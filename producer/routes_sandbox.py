@@ -24,7 +24,7 @@ class BehaviourRequest(BaseModel):
 
 
 def _store(request: Request) -> SandboxStore:
-    if not request.app.state.settings.sandbox_enabled:
+    if not request.app.state.settings.sandbox_on:
         raise Problem(404, "Not found", "sandbox providers are disabled (HERALD_SANDBOX_ENABLED)")
     return request.app.state.sandbox
 

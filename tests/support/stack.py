@@ -57,6 +57,9 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         "shutdown_grace_s": 10,
         "log_level": "WARNING",
         "metrics_port": None,
+        "sandbox_enabled": True,
+        "otp_secret": "test-otp-secret-0123456789abcdef0123456789",
+        "console_secret": "test-console-secret-0123456789abcdef012345",
         # Tests send hundreds of messages to one number: limits are tested on their own.
         "limit_api_key": {"rate": 100_000, "period_s": 1},
         "limit_recipient": {"rate": 100_000, "period_s": 1},
