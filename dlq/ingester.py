@@ -100,7 +100,8 @@ class DeadLetterIngester:
     async def start(self) -> None:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=50)
-        self._queue = await channel.get_queue(names.DLQ, ensure=False)
+        # declare_queue (not get_queue) registers it for restore after a reconnect.
+        self._queue = await channel.declare_queue(names.DLQ, passive=True)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
 
     async def stop(self) -> None:

@@ -53,7 +53,9 @@ class Consumer:
             high = queue_name.endswith(f".{Priority.HIGH}")
             channel = await self.connection.channel()
             await channel.set_qos(prefetch_count=self.high_prefetch if high else self.prefetch)
-            queue = await channel.get_queue(queue_name, ensure=False)
+            # A declared (passive) queue is registered on the robust channel, so its consumer
+            # is restored after a reconnect; get_queue(ensure=False) is not (aio-pika 10).
+            queue = await channel.declare_queue(queue_name, passive=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consuming.append((queue, tag))
         log.info("worker_consuming", queues=self.queue_names)
