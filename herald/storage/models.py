@@ -226,3 +226,13 @@ class ReplayJob(Base):
     updated_at: Mapped[datetime]
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
+
+
+class ReadinessProbe(Base):
+    """``/readyz`` commits a write here: the accept path needs writes, not just ``SELECT 1``
+    (a full disk or a held SQLite write lock still answers reads)."""
+
+    __tablename__ = "readiness_probes"
+
+    process: Mapped[str] = mapped_column(String(200), primary_key=True)
+    checked_at: Mapped[datetime]
