@@ -87,6 +87,10 @@ class Notification(Base):
     vendor_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     #: The routing-rules version that chose the provider of the last attempt.
     rules_version: Mapped[int | None] = mapped_column(Integer)
+    #: The delivery lease: the worker that won the row for a send, and until when; the
+    #: database's fence against a second sender when Redis claims are lost.
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     send_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
