@@ -2,24 +2,65 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ROUTING_FILE = Path(__file__).with_name("routing.yaml")
 
 
+#: Names of settings and URL query parameters that hold secrets (``password``,
+#: ``auth_token``, ``console_secret``, ``api_key``, ``sslkey``…).
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|credential|auth|key$|_key|apikey", re.I)
+#: The OTP secret ``herald dev`` uses when none is set; refused outside dev mode.
+DEV_OTP_SECRET = "dev-only-otp-secret-change-me"
+#: The admin key ``make run`` prints; public, so refused outside dev mode.
+DEV_BOOTSTRAP_API_KEY = "dev-admin-key"
+#: The shortest OTP or console secret a non-dev process starts with (HMAC-SHA256 keys).
+MIN_SECRET_BYTES = 32
+
+
 def mask_url(url: str) -> str:
-    """Hide the password of a DSN (``postgresql://u:***@host/db``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Hide a DSN's password, in the userinfo (``postgresql://u:***@host/db``) and in
+    query parameters with a secret-looking name (``amqp://h/?password=***``)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show nothing of it
+        return "***"
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = "&".join(_mask_query_pair(pair) for pair in parts.query.split("&"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
+
+
+def _mask_query_pair(pair: str) -> str:
+    name, sep, _ = pair.partition("=")
+    return f"{name}=***" if sep and SECRET_NAME.search(unquote_plus(name)) else pair
+
+
+def _masked(name: str, value: Any) -> Any:
+    """One setting ready to print: secrets as ``***``, URL passwords hidden, recursively."""
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
+    if isinstance(value, str):
+        if value and SECRET_NAME.search(name):
+            return "***"
+        return mask_url(value) if "://" in value or name.endswith("_url") else value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(name, v) for v in value]
+    return value
 
 
 class BackoffPolicy(BaseModel):
@@ -53,17 +94,31 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite+aiosqlite:///./herald.db"
+    #: Most a transaction waits for a pooled connection (and, on SQLite, for the write
+    #: lock) before failing: an accept then answers 503 instead of queueing unboundedly.
+    database_wait_s: float = Field(3.0, gt=0, le=60)
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     redis_url: str = "redis://localhost:6379/0"
     routing_file: Path = DEFAULT_ROUTING_FILE
-    otp_secret: SecretStr = SecretStr("dev-only-otp-secret-change-me")
+    #: Keys the OTP codes' HMAC; outside ``herald dev``, at least 32 bytes and not the default.
+    otp_secret: SecretStr = SecretStr(DEV_OTP_SECRET)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     bootstrap_api_key: SecretStr | None = None
-    #: Signs console session cookies; unset, a key derived from OTP_SECRET is used.
+    #: Signs console session cookies and paging cursors; required outside ``herald dev``
+    #: (which derives one from OTP_SECRET when it is unset).
     console_secret: SecretStr | None = None
     #: How long a console sign-in lasts.
     console_session_hours: float = Field(12, gt=0, le=24 * 7)
+    #: How long a process trusts a looked-up API key. A revocation is also broadcast on
+    #: Redis, so this is only the bound when the broadcast is missed.
+    api_key_cache_s: float = Field(5.0, ge=0, le=300)
+    #: Failed API keys and console sign-ins, per client address (IPv6: per /64) and in
+    #: total; past either, keys not seen to work lately get 429 without being checked.
+    limit_auth_failures_client: LimitPolicy = LimitPolicy(rate=10, period_s=60, burst=20)
+    limit_auth_failures_global: LimitPolicy = LimitPolicy(rate=100, period_s=1, burst=1000)
+    #: Proxies (IPs or CIDRs) whose X-Forwarded-For/-Proto/-Host headers are believed.
+    trusted_proxies: list[IPvAnyNetwork] = []
     log_level: str = "INFO"
     log_json: bool = True
     #: ``herald dev`` sets it: the laxer defaults of a developer's machine (sandbox on,
@@ -160,23 +215,38 @@ class Settings(BaseSettings):
         """Whether the sandbox API and providers are available in this process."""
         return self.dev_mode if self.sandbox_enabled is None else self.sandbox_enabled
 
+    def insecure_secrets(self) -> list[str]:
+        """What must be set before a non-dev process may start (empty: nothing).
+
+        A default or short OTP secret lets anyone compute codes; a console secret derived
+        from it (or equal to it) lets whoever learns one forge console sessions.
+        """
+        if self.dev_mode:
+            return []
+        problems = []
+        otp = self.otp_secret.get_secret_value()
+        if otp == DEV_OTP_SECRET or len(otp.encode()) < MIN_SECRET_BYTES:
+            problems.append(
+                f"set HERALD_OTP_SECRET to a random value of at least {MIN_SECRET_BYTES} bytes"
+            )
+        console = self.console_secret.get_secret_value() if self.console_secret else ""
+        if len(console.encode()) < MIN_SECRET_BYTES or console == otp:
+            problems.append(
+                f"set HERALD_CONSOLE_SECRET to a random value of at least {MIN_SECRET_BYTES} "
+                "bytes, other than HERALD_OTP_SECRET"
+            )
+        key = self.bootstrap_api_key.get_secret_value() if self.bootstrap_api_key else None
+        if key == DEV_BOOTSTRAP_API_KEY:
+            problems.append("set HERALD_BOOTSTRAP_API_KEY to a value other than the dev key")
+        return problems
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
     def masked(self) -> dict[str, Any]:
         """Every setting, ready to print: secrets as ``***``, DSN passwords hidden."""
-        out: dict[str, Any] = {}
-        for name, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                out[name] = "***" if value.get_secret_value() else ""
-            elif name.endswith("_url") and isinstance(value, str):
-                out[name] = mask_url(value)
-            elif isinstance(value, Path):
-                out[name] = str(value)
-            else:
-                out[name] = value
-        return out
+        return {name: _masked(name, value) for name, value in self.model_dump().items()}
 
     def __repr_args__(self) -> Any:
         return list(self.masked().items())

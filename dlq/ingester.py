@@ -26,6 +26,7 @@ from herald.domain import (
 )
 from herald.ids import new_id
 from herald.logs import get_logger
+from herald.readiness import NotConsuming, ensure_consuming
 from herald.storage.db import SessionFactory, insert_ignoring_conflicts
 from herald.storage.models import DeadLetter, Notification, table_of
 
@@ -104,10 +105,17 @@ class DeadLetterIngester:
         self._queue = await channel.declare_queue(names.DLQ, passive=True)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
 
+    async def ensure_consuming(self) -> None:
+        """Readiness: raise unless the ingester's consumer is attached to ``herald.dlq``."""
+        if self._queue is None or self._tag is None:
+            raise NotConsuming("dead-letter ingester not consuming")
+        await ensure_consuming([(self._queue, self._tag)])
+
     async def stop(self) -> None:
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
+        self._tag = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -104,7 +104,7 @@ def keys_create(
     settings = _settings()
 
     async def create() -> str:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, wait_s=settings.database_wait_s)
         try:
             return await KeyStore(make_session_factory(engine)).create(
                 name, [s.strip() for s in scopes.split(",") if s.strip()]

@@ -28,7 +28,8 @@ class QueueDepthMonitor:
             self._channel = await self.connection.channel()
         depths: dict[str, int] = {}
         for name in self.queues:
-            queue = await self._channel.declare_queue(name, passive=True)
+            # robust=False: a robust channel caches passive declares (and their counts).
+            queue = await self._channel.declare_queue(name, passive=True, robust=False)
             depths[name] = queue.declaration_result.message_count or 0
             metrics.QUEUE_DEPTH.labels(name).set(depths[name])
         return depths

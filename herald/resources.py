@@ -37,7 +37,7 @@ class Resources:
 
     @classmethod
     async def open(cls, settings: Settings, *, name: str, broker: bool = True) -> Resources:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, wait_s=settings.database_wait_s)
         redis = make_redis(settings)
         amqp = publisher = None
         if broker:

@@ -10,19 +10,22 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from config.settings import Settings
 from dlq.ingester import DeadLetterIngester
 from herald import names
 from herald.logs import get_logger
 from herald.monitor import QueueDepthMonitor
+from herald.readiness import Check
 from herald.resources import Resources
+from herald.storage.probe import probe_write, process_name
 from producer.app import create_app
+from workers.probes import probe_app
 from workers.runtime import Worker, build_worker
 
 log = get_logger(__name__)
@@ -85,6 +88,31 @@ class WorkerParts:
         monitor.start()
         return cls(worker, ingester, monitor)
 
+    def readiness_checks(self, resources: Resources) -> dict[str, Check]:
+        """What this worker needs to do its job; ``/readyz`` fails while any check fails."""
+        assert resources.amqp is not None
+        amqp = resources.amqp
+
+        async def broker() -> None:
+            if amqp.is_closed or not amqp.connected.is_set():
+                raise ConnectionError("RabbitMQ connection is down")
+
+        async def database() -> None:
+            await probe_write(resources.engine, process_name("worker"))
+
+        async def redis() -> None:
+            await resources.redis.ping()
+
+        checks: dict[str, Check] = {
+            "broker": broker,
+            "consumers": self.worker.consumer.ensure_consuming,
+            "database": database,
+            "redis": redis,
+        }
+        if self.ingester is not None:
+            checks["dead_letter_ingester"] = self.ingester.ensure_consuming
+        return checks
+
     async def stop(self, grace_s: float) -> None:
         await self.monitor.stop()
         await self.worker.stop(grace_s)
@@ -96,15 +124,11 @@ async def run_worker(
     settings: Settings, queues: Iterable[str] | None, *, ingest: bool = True
 ) -> None:
     stop = _stop_event()
-    if settings.metrics_port:
-        try:
-            start_http_server(settings.metrics_port, addr=settings.api_host)
-        except OSError as exc:
-            log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
     resources = await Resources.open(settings, name="herald-worker")
     parts = await WorkerParts.start(
         resources, list(queues or names.all_work_queues()), ingest=ingest
     )
+    probes = _probe_server(settings, parts.readiness_checks(resources))
     # Start-up objects (SDKs, models, the app) never die: keep them out of every
     # collection, so full GC passes stay short and the loop stays responsive.
     gc.freeze()
@@ -112,6 +136,8 @@ async def run_worker(
     await stop.wait()
     log.info("worker_stopping")
     await parts.stop(settings.shutdown_grace_s)
+    if probes is not None:
+        await probes.stop()
     await resources.close()
     log.info("worker_stopped")
 
@@ -122,6 +148,11 @@ async def run_dev(settings: Settings) -> None:
     resources = await Resources.open(settings, name="herald-dev-worker")
     parts = await WorkerParts.start(resources, names.all_work_queues(), ingest=True)
     server = _api_server(settings)
+    # One process: its /readyz also fails when the workers' consumers are gone.
+    checks = parts.readiness_checks(resources)
+    server.config.app.state.extra_readiness_checks = {
+        name: check for name, check in checks.items() if name in _CONSUMER_CHECKS
+    }
     serving = asyncio.create_task(server.serve())
     log.info("herald_dev_started", url=f"http://{settings.api_host}:{settings.api_port}")
     await _wait_either(stop, serving)
@@ -129,6 +160,39 @@ async def run_dev(settings: Settings) -> None:
     await serving
     await parts.stop(settings.shutdown_grace_s)
     await resources.close()
+
+
+_CONSUMER_CHECKS = ("consumers", "dead_letter_ingester")
+
+
+class _ProbeServer:
+    """The worker's /healthz, /readyz and /metrics, served by uvicorn in this loop."""
+
+    def __init__(self, server: _QuietServer, sock: socket.socket) -> None:
+        self._server = server
+        self._task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        await self._task
+
+
+def _probe_server(settings: Settings, checks: dict[str, Check]) -> _ProbeServer | None:
+    """Serve the probes on METRICS_PORT; a taken port is logged, not fatal."""
+    if not settings.metrics_port:
+        return None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.api_host, settings.metrics_port))
+    except OSError as exc:
+        sock.close()
+        log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
+        return None
+    config = uvicorn.Config(
+        probe_app(checks), log_level="warning", access_log=False, lifespan="off"
+    )
+    return _ProbeServer(_QuietServer(config), sock)
 
 
 async def _wait_either(stop: asyncio.Event, task: asyncio.Task[None]) -> None:

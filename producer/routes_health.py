@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+
+from herald.readiness import Check, readiness_response, run_checks
+from herald.storage.probe import probe_write, process_name
 
 router = APIRouter(tags=["health"])
 
@@ -18,36 +17,25 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check(coro: Any) -> str:
-    try:
-        await asyncio.wait_for(coro, timeout=2)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported by name
-        return f"down: {type(exc).__name__}"
-    return "ok"
-
-
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    """Ready when a write commits, the broker link is up, Redis answers and (under
+    ``herald dev``) every consumer of this process is attached."""
     state = request.app.state
 
     async def database() -> None:
-        async with state.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await probe_write(state.engine, process_name("api"))
 
     async def broker() -> None:
         if not state.publisher.connected:
             raise ConnectionError("RabbitMQ connection is down")
 
-    checks = {
-        "database": await _check(database()),
-        "broker": await _check(broker()),
-        "redis": await _check(state.redis.ping()),
-    }
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    async def redis() -> None:
+        await state.redis.ping()
+
+    checks: dict[str, Check] = {"database": database, "broker": broker, "redis": redis}
+    checks.update(getattr(state, "extra_readiness_checks", {}))
+    return readiness_response(await run_checks(checks))
 
 
 @router.get("/metrics")

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from herald import names
 from herald.domain import Priority
 from herald.logs import get_logger
+from herald.readiness import NotConsuming, ensure_consuming
 from workers.delivery import Delivery, Disposition
 
 log = get_logger(__name__)
@@ -59,6 +60,12 @@ class Consumer:
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consuming.append((queue, tag))
         log.info("worker_consuming", queues=self.queue_names)
+
+    async def ensure_consuming(self) -> None:
+        """Readiness: raise unless every queue this worker started on still has its consumer."""
+        if not self._consuming:
+            raise NotConsuming("not consuming (starting or stopping)")
+        await ensure_consuming(self._consuming)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

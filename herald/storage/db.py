@@ -18,20 +18,35 @@ from sqlalchemy.sql.dml import Insert
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+#: How long a transaction may wait for a pooled connection, and on SQLite for the write
+#: lock, before it fails (and the API answers 503) instead of queueing without bound.
+DEFAULT_WAIT_S = 3.0
+
+
+def make_engine(url: str, *, pool_size: int = 10, wait_s: float = DEFAULT_WAIT_S) -> AsyncEngine:
     if url.startswith("sqlite"):
         # One connection per process: SQLite has one writer at a time, so transactions
         # queue here, in asyncio, instead of sleeping in SQLite's busy handler (which
         # polls with growing sleeps and cut throughput tenfold under concurrency).
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=120
+            url,
+            connect_args={"timeout": wait_s},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=wait_s,
         )
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, busy_timeout_ms=int(wait_s * 1000))
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=wait_s,
+    )
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     """WAL for concurrent readers; BEGIN IMMEDIATE so writers queue instead of deadlocking."""
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -40,7 +55,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -58,6 +73,14 @@ def insert_ignoring_conflicts(engine: AsyncEngine, table: Any) -> Insert:
     if engine.dialect.name == "postgresql":
         return pg_insert(table).on_conflict_do_nothing()
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def upsert(engine: AsyncEngine, table: Any, keys: list[str], row: dict[str, Any]) -> Insert:
+    """``INSERT row … ON CONFLICT (keys) DO UPDATE`` the other columns, in the engine's dialect."""
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table).values(**row)
+    updates = {k: statement.excluded[k] for k in row if k not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
 
 
 def inserted_id(result: Result[Any]) -> int:
