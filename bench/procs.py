@@ -204,7 +204,14 @@ def base_env() -> dict[str, str]:
 #: is part of the accept path) but never refuse; the bench sends thousands of messages to
 #: one number, which the default per-recipient limit would rightly stop.
 UNLIMITED = {"rate": 1_000_000_000, "period_s": 1}
-LIMIT_SETTINGS = ("limit_api_key", "limit_recipient", "limit_otp_country", "limit_otp_prefix")
+LIMIT_SETTINGS = (
+    "limit_api_key",
+    "limit_recipient",
+    "limit_otp_country",
+    "limit_otp_prefix",
+    "limit_sms_country",
+    "limit_sms_prefix",
+)
 
 
 def herald_values(database_url: str, api_port: int) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         # Tests send hundreds of messages to one number: limits are tested on their own.
         "limit_api_key": {"rate": 100_000, "period_s": 1},
         "limit_recipient": {"rate": 100_000, "period_s": 1},
+        "limit_sms_country": {"rate": 100_000, "period_s": 1},
+        "limit_sms_prefix": {"rate": 100_000, "period_s": 1},
     }
     values.update(overrides)
     return values
