@@ -155,13 +155,16 @@ class DeadLetter(Base):
         Index("ix_dead_letters_time", "dead_lettered_at", "id"),
         #: The console's default view (open ones, newest first) and its counts.
         Index("ix_dead_letters_state_time", "state", "dead_lettered_at", "id"),
+        Index("uq_dead_letters_source", "source_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    notification_id: Mapped[str] = mapped_column(String(36), index=True)
+    #: NULL for an ``unreadable`` row: a message that is no notification Herald holds
+    #: (its raw bytes, headers and parse error are in ``payload``).
+    notification_id: Mapped[str | None] = mapped_column(String(36), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    channel: Mapped[str] = mapped_column(String(10), index=True)
-    category: Mapped[str] = mapped_column(String(20))
+    channel: Mapped[str | None] = mapped_column(String(10), index=True)
+    category: Mapped[str | None] = mapped_column(String(20))
     caller: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(String(20), index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -175,6 +178,9 @@ class DeadLetter(Base):
     resolved_at: Mapped[datetime | None]
     resolved_by: Mapped[str | None] = mapped_column(String(100))
     resolution: Mapped[str | None] = mapped_column(Text)
+    #: An unreadable message's identity (hash of its AMQP message id and bytes), so a
+    #: redelivered copy is stored once; NULL for every other row and when it has no id.
+    source_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class RoutingVersion(Base):
