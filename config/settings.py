@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     #: SMS-pumping defence for OTP SMS: per destination country and per number prefix.
     limit_otp_country: LimitPolicy = LimitPolicy(rate=300, period_s=60)
     limit_otp_prefix: LimitPolicy = LimitPolicy(rate=10, period_s=60)
+    #: SMS-pumping defence for every SMS (OTP or not), counted apart from the OTP ones.
+    limit_sms_country: LimitPolicy = LimitPolicy(rate=1000, period_s=60)
+    limit_sms_prefix: LimitPolicy = LimitPolicy(rate=60, period_s=60)
+    #: OTP verification: per API key, and for the whole service (both fail closed).
+    limit_otp_verify_key: LimitPolicy = LimitPolicy(rate=10, period_s=1, burst=20)
+    limit_otp_verify_global: LimitPolicy = LimitPolicy(rate=50, period_s=1, burst=100)
     #: How many leading characters of the E.164 number (with "+") make a prefix.
     otp_prefix_length: int = Field(8, ge=3, le=15)
     #: ISO country codes SMS may go to (empty: any) and may never go to.

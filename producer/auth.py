@@ -17,7 +17,7 @@ from herald.storage.db import SessionFactory
 from herald.storage.models import ApiKey
 
 SCOPES = frozenset(
-    {"send", "otp", "dlq:read", "dlq:write", "routing:read", "routing:write", "admin"}
+    {"send", "otp", "dlq:read", "dlq:write", "routing:read", "routing:write", "sandbox", "admin"}
 )
 KEY_PREFIX = "hk_"
 

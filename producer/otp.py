@@ -4,14 +4,17 @@ Per recipient: a pointer to the OTP currently valid, the OTP's record (nonce, MA
 expiry, template; never the code) and an attempts budget. Verification spends one
 attempt atomically *before* comparing, so concurrent guesses can never exceed the
 budget, and a right code is consumed atomically, so it is valid exactly once. The budget
-exists whether or not the recipient has a code: answers never reveal which.
+exists whether or not the recipient has a code: answers never reveal which, and neither
+does the work: every verification that is not locked makes the same three Redis calls
+(reserve, read the MAC, settle) and one HMAC and one constant-time compare, against a
+dummy MAC when there is no code.
 """
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from hmac import compare_digest
 
 from redis.asyncio import Redis
 
@@ -36,13 +39,26 @@ local current = redis.call('GET', KEYS[1]) or ''
 return {left - 1, current}
 """
 
-_CONSUME = """
+# KEYS: the OTP record, the recipient's current pointer, its attempts budget.
+# ARGV: the OTP id, '1' if the code matched, attempts left after this one.
+# A match consumes the code (returns 1); the last wrong try kills it. With no record
+# (no code pending: a dummy id) nothing changes, in the same one call.
+_SETTLE = """
 if redis.call('HGET', KEYS[1], 'otp_id') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'used')
-redis.call('DEL', KEYS[2], KEYS[3])
-return 1
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'state', 'used')
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
+if tonumber(ARGV[3]) <= 0 then redis.call('HSET', KEYS[1], 'state', 'dead') end
+return 0
 """
+
+#: Stands in for the OTP id and MAC when a recipient has no code pending, so that path
+#: computes and compares exactly as much as the other.
+DUMMY_OTP_ID = "0" * 26
+DUMMY_MAC = "0" * 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +81,7 @@ class OtpStore:
         self.settings = settings
         self.secret = settings.otp_secret.get_secret_value().encode()
         self._reserve = redis.register_script(_RESERVE)
-        self._consume = redis.register_script(_CONSUME)
+        self._settle = redis.register_script(_SETTLE)
 
     async def issue(
         self,
@@ -117,27 +133,47 @@ class OtpStore:
     async def set_fallbacks(self, otp_id: str, notification_ids: list[str]) -> None:
         await self.redis.hset(names.otp_record_key(otp_id), "fallbacks", ",".join(notification_ids))
 
+    async def hold_message(
+        self, channel: Channel, to: str, *, body: str | None, subject: str | None, ttl_s: int
+    ) -> str:
+        """Keep a caller's own OTP text in Redis only, for ``ttl_s``: the id the worker
+        renders it from (like a generated code), so no database row, outbox entry, queue
+        or dead letter carries it. Once it expires the message can no longer be sent."""
+        otp_id = new_id()
+        expires_at = utcnow() + timedelta(seconds=ttl_s)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                names.otp_record_key(otp_id),
+                mapping={
+                    "otp_id": otp_id,
+                    "recipient": recipient_key(channel.value, to),
+                    "kind": "message",
+                    "body": body or "",
+                    "subject": subject or "",
+                    "expires_at": expires_at.isoformat(),
+                    "state": "live",
+                },
+            )
+            pipe.pexpire(names.otp_record_key(otp_id), ttl_s * 1000)
+            await pipe.execute()
+        return otp_id
+
     async def verify(self, channel: Channel, to: str, code: str) -> VerifyResult:
         recipient = recipient_key(channel.value, to)
-        left, otp_id = await self._reserve(
+        left, current = await self._reserve(
             keys=[names.otp_current_key(recipient), names.otp_attempts_key(recipient)],
             args=[self.settings.otp_max_attempts, self.settings.otp_max_ttl_s * 1000],
         )
         left = int(left)
         if left < 0:
             return VerifyResult(False, 0, locked=True)
-        otp_id = otp_id.decode() if isinstance(otp_id, bytes) else otp_id
-        if not otp_id:
-            return VerifyResult(False, left)
+        otp_id = as_text(current) or DUMMY_OTP_ID
         record_key = names.otp_record_key(otp_id)
         stored_mac = await self.redis.hget(record_key, "mac")
         offered = code_mac(self.secret, otp_id, recipient, code)
-        if stored_mac is None or not hmac.compare_digest(as_text(stored_mac), offered):
-            if left == 0:  # that was the last try: the code is dead
-                await self.redis.hset(record_key, "state", "dead")
-            return VerifyResult(False, left)
-        consumed = await self._consume(
+        matched = compare_digest(as_text(stored_mac) if stored_mac else DUMMY_MAC, offered)
+        consumed = await self._settle(
             keys=[record_key, names.otp_current_key(recipient), names.otp_attempts_key(recipient)],
-            args=[otp_id],
+            args=[otp_id, 1 if matched and stored_mac else 0, left],
         )
         return VerifyResult(bool(consumed), left)

@@ -31,13 +31,54 @@ def limit_of(policy: LimitPolicy) -> Limit:
 
 
 def send_checks(settings: Settings, principal: Principal, channel: Channel, to: str) -> list[Check]:
-    """Every send: the caller's rate, and the recipient's (floods hurt people)."""
+    """Every send: the caller's rate, the recipient's (floods hurt people) and, for SMS,
+    the pumping velocity limits."""
     return [
         Check("api_key", f"key:{principal.id}", limit_of(settings.limit_api_key)),
         Check(
             "recipient",
             f"rcpt:{recipient_key(channel.value, to)}",
             limit_of(settings.limit_recipient),
+        ),
+        *sms_checks(settings, channel, to),
+    ]
+
+
+def sms_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
+    """SMS pumping (premium ranges that pay the fraudster per message) is not only an OTP
+    risk: every SMS counts per destination country and number prefix. These counters are
+    apart from the OTP ones, so a legitimate transactional burst never spends the OTP
+    budget of a country; like the other general limits they fail open to a local limiter.
+    """
+    if channel is not Channel.SMS:
+        return []
+    country, prefix = _destination(settings, channel, to)
+    return [
+        Check("sms_country", f"sms-country:{country}", limit_of(settings.limit_sms_country)),
+        Check("sms_prefix", f"sms-prefix:{prefix}", limit_of(settings.limit_sms_prefix)),
+    ]
+
+
+def _destination(settings: Settings, channel: Channel, to: str) -> tuple[str, str]:
+    return destination_country(channel, to) or "unknown", to[: settings.otp_prefix_length]
+
+
+def verify_checks(settings: Settings, principal: Principal) -> list[Check]:
+    """OTP verification, per API key first (so one key that guesses spends only its own
+    budget before it reaches the global one), then for the whole service. Both fail
+    closed: without Redis nobody can count guesses, so none are judged."""
+    return [
+        Check(
+            "otp_verify_key",
+            f"otp-verify-key:{principal.id}",
+            limit_of(settings.limit_otp_verify_key),
+            fail_closed=True,
+        ),
+        Check(
+            "otp_verify_global",
+            "otp-verify-global",
+            limit_of(settings.limit_otp_verify_global),
+            fail_closed=True,
         ),
     ]
 
@@ -61,8 +102,7 @@ def otp_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
         ),
     ]
     if channel is Channel.SMS:
-        country = destination_country(channel, to) or "unknown"
-        prefix = to[: settings.otp_prefix_length]
+        country, prefix = _destination(settings, channel, to)
         checks += [
             Check(
                 "otp_country",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from herald import metrics
@@ -45,6 +49,13 @@ async def send_notification(
     """Accept a notification for delivery. A ``202`` means it is stored durably."""
     started = time.perf_counter()
     settings = request.app.state.settings
+    if payload.category is Category.OTP and not principal.allows("otp"):
+        raise Problem(
+            403,
+            "Forbidden",
+            "category 'otp' needs the 'otp' scope",
+            errors=[{"field": "category", "message": "'otp' needs an API key with the otp scope"}],
+        )
     key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
     valid = validate_send(
         payload, Limits(settings.max_body_chars, settings.max_metadata_bytes), utcnow()
@@ -58,15 +69,39 @@ async def send_notification(
             return _accepted_response(previous, {})
     check_destination(settings, valid.channel, valid.to)
     checks = send_checks(settings, principal, valid.channel, valid.to)
-    if valid.category is Category.OTP:  # a caller's own OTP: the pumping limits apply too
+    if valid.category is Category.OTP:  # a caller's own OTP: the OTP pumping limits too
         checks += [
             c for c in otp_checks(settings, valid.channel, valid.to) if c.policy in PUMPING_POLICIES
         ]
     limit_headers = await enforce(request.app.state.guard, checks)
     await request.app.state.spend.charge(principal, estimated_cost(request, valid))
+    if valid.category is Category.OTP:
+        valid = await hold_otp_text(request, valid)
     accepted = await service.accept(principal, valid, idempotency_key=key, fingerprint=fingerprint)
     metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return _accepted_response(accepted, limit_headers)
+
+
+async def hold_otp_text(request: Request, valid: ValidSend) -> ValidSend:
+    """A caller's own OTP carries its code in the body (and maybe the subject): keep them
+    in Redis only, until the message expires (``expires_in_s``, default
+    HERALD_OTP_TTL_S), and queue a message that names them, as ``POST /v1/otp`` does."""
+    settings = request.app.state.settings
+    now = utcnow()
+    expires_at = valid.expires_at or now + timedelta(seconds=settings.otp_ttl_s)
+    ttl_s = max(1, math.ceil((expires_at - now).total_seconds()))
+    try:
+        otp_id = await request.app.state.otp.hold_message(
+            valid.channel, valid.to, body=valid.body, subject=valid.subject, ttl_s=ttl_s
+        )
+    except RedisError:
+        raise Problem(
+            503,
+            "Service unavailable",
+            "OTP messages are kept in Redis, which is unreachable; nothing was accepted",
+            headers={"Retry-After": "5"},
+        ) from None
+    return dataclasses.replace(valid, body=None, subject=None, otp_id=otp_id, expires_at=expires_at)
 
 
 def _accepted_response(accepted: Accepted, limit_headers: dict[str, str]) -> JSONResponse:

@@ -16,7 +16,13 @@ from producer.auth import Principal
 from producer.deps import require
 from producer.otp import IssuedOtp
 from producer.problems import FieldError, Problem
-from producer.ratelimits import check_destination, enforce, otp_checks, send_checks
+from producer.ratelimits import (
+    check_destination,
+    enforce,
+    otp_checks,
+    send_checks,
+    verify_checks,
+)
 from producer.routes_notifications import estimated_cost
 from producer.validation import ValidSend, normalize_email, normalize_phone
 
@@ -183,14 +189,18 @@ async def send_otp(
 
 @router.post("/verify")
 async def verify_otp(
-    request: Request, body: VerifyRequest, _: Annotated[Principal, Depends(require("otp"))]
-) -> dict[str, Any]:
-    """``{valid, attempts_left}``; ``429`` once the attempts are spent. A right code
-    works once. The answer is the same whether or not the recipient ever had a code."""
+    request: Request, body: VerifyRequest, principal: Annotated[Principal, Depends(require("otp"))]
+) -> JSONResponse:
+    """``{valid, attempts_left}``; ``429`` once the attempts are spent, or when the API
+    key or the whole service verifies faster than its limit (guessing across many
+    recipients). A right code works once. The answer is the same whether or not the
+    recipient ever had a code."""
     channel = Channel(body.channel or ("email" if "@" in body.to else "sms"))
     to = _recipient(channel, body.to)
     if not body.code.isdigit():
         raise FieldError("code", "must be digits")
+    settings = request.app.state.settings
+    headers = await enforce(request.app.state.guard, verify_checks(settings, principal))
     try:
         result = await request.app.state.otp.verify(channel, to, body.code)
     except RedisError:
@@ -201,6 +211,8 @@ async def verify_otp(
             "Too many attempts",
             "this code can no longer be verified; request a new one",
             errors=[{"field": "code", "message": "too many wrong attempts"}],
-            headers={"Retry-After": str(request.app.state.settings.otp_resend_cooldown_s or 1)},
+            headers={"Retry-After": str(settings.otp_resend_cooldown_s or 1)},
         )
-    return {"valid": result.valid, "attempts_left": result.attempts_left}
+    return JSONResponse(
+        {"valid": result.valid, "attempts_left": result.attempts_left}, headers=headers
+    )

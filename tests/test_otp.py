@@ -42,7 +42,14 @@ def test_codes_are_digits_of_the_asked_length_and_macs_bind_the_recipient() -> N
 
 @pytest.fixture
 async def otp(database_url: str) -> AsyncIterator[Stack]:
-    async with running_stack(stack_settings(database_url, otp_resend_cooldown_s=1)) as stack:
+    # Budgets per code are tested here; verify rate limits in test_security_sandbox_otp.
+    values = stack_settings(
+        database_url,
+        otp_resend_cooldown_s=1,
+        limit_otp_verify_key={"rate": 10_000, "period_s": 1},
+        limit_otp_verify_global={"rate": 10_000, "period_s": 1},
+    )
+    async with running_stack(values) as stack:
         yield stack
 
 

@@ -38,6 +38,12 @@ class OtpRenderer:
         state = as_text(record.get(b"state", b"expired"))
         if state != "live":
             return state
+        if record.get(b"kind") == b"message":  # a caller's own OTP text, kept out of storage
+            return dataclasses.replace(
+                message,
+                body=as_text(record.get(b"body", b"")) or None,
+                subject=as_text(record.get(b"subject", b"")) or message.subject,
+            )
         code = derive_code(
             self.secret, message.otp_id, as_text(record[b"nonce"]), int(record[b"length"])
         )
