@@ -1,0 +1,5 @@
+"""``python -m herald`` is the ``herald`` command (the supervisor starts children this way)."""
+
+from herald.cli import app
+
+app(prog_name="herald")
