@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     #: loopback vendor endpoints, the built-in dev secrets). Never set it in production.
     dev_mode: bool = False
 
+    # What routing rules may point providers at (providers/credentials.py).
+    #: Credential ``env:`` references must name a variable under one of these prefixes;
+    #: a Herald setting is refused whatever this says.
+    credential_env_prefixes: list[str] = ["HERALD_VENDOR_"]
+    #: Vendor endpoints the rules may use: base URLs (``https``; ``http`` only to a
+    #: loopback address) and ``host:port`` for SMTP. Under dev_mode loopback needs no entry.
+    allowed_endpoints: list[str] = []
+    #: The largest routing document (YAML or JSON) any parser accepts.
+    max_rules_bytes: int = Field(64 * 1024, ge=1024)
+    #: How long parsing and validating one routing document may take before it is a 422.
+    rules_validation_timeout_s: float = Field(5.0, gt=0)
+
     # Send API limits.
     max_request_bytes: int = 64 * 1024
     max_body_chars: int = 16 * 1024

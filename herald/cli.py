@@ -217,17 +217,22 @@ def routing_validate(
     """Check a routing-rules document (YAML or JSON); print every problem with its path."""
     import yaml
 
-    from router.rules import RulesError, parse_rules
-    from router.validation import validate_document
+    from router.rules import RulesError, load_document, parse_rules
+    from router.validation import RulesPolicy, validate_document
 
+    policy = RulesPolicy.from_settings(Settings())  # this deployment's prefixes, endpoints
     try:
-        text = file.read_text(encoding="utf-8")
-        doc = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raw = file.read_bytes()
+        as_json = file.suffix.lower() == ".json"
+        doc = load_document(raw, as_json=as_json, limits=policy.limits)
+    except RulesError as exc:  # too big, too deep, or YAML aliases
+        typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         reason = " ".join(str(exc).split())
         typer.echo(f"{file}: $: cannot read the document: {reason}", err=True)
         raise typer.Exit(1) from None
-    issues = validate_document(doc, check_env=check_env)
+    issues = validate_document(doc, check_env=check_env, policy=policy)
     for issue in issues:
         typer.echo(f"{file}: {issue}", err=True)
     if any(issue.severity == "error" for issue in issues):
@@ -247,9 +252,11 @@ if __name__ == "__main__":
 def _read_document(path: Path) -> Any:
     import yaml
 
+    from router.rules import RulesError, load_yaml
+
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        return load_yaml(path.read_bytes())
+    except (OSError, yaml.YAMLError, RulesError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
 
 

@@ -51,6 +51,7 @@ from router.health import BreakerBoard, breaker_config
 from router.rules import RoutingRules
 from router.source import RulesSource
 from router.store import RulesStore
+from router.validation import RulesPolicy
 from workers.events import EventPublisher
 
 log = get_logger(__name__)
@@ -98,7 +99,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
             await keys.ensure(
                 BOOTSTRAP_KEY_NAME, settings.bootstrap_api_key.get_secret_value(), ["admin"]
             )
-        rules_store = RulesStore(resources.sessions, settings.routing_file)
+        rules_store = RulesStore(
+            resources.sessions, settings.routing_file, RulesPolicy.from_settings(settings)
+        )
         rules_source = RulesSource(rules_store, resources.redis, poll_s=settings.rules_poll_s)
         state = app.state
         state.settings = settings

@@ -6,23 +6,25 @@ from typing import Annotated, Any
 
 import orjson
 import yaml
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from herald.domain import Category, Channel
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import Problem
-from producer.routing_changes import RulesEditor
+from producer.routing_changes import NeedsAdmin, RulesEditor, check_privilege, document_of
+from producer.validation import INT32_MAX, StrictInt
 from router.health import BreakerBoard
-from router.rules import RoutingRules
+from router.rules import DocumentRefused, RoutingRules, load_document
 from router.simulate import simulate as simulate_plan
 from router.store import RulesStore, StaleRules, StoredRules, diff, to_yaml
 from router.validation import (
     RulesInvalid,
     ValidationIssue,
     parse_and_validate,
+    run_check,
 )
 
 router = APIRouter(prefix="/v1/routing", tags=["routing"])
@@ -58,18 +60,48 @@ def _invalid(issues: list[ValidationIssue]) -> Problem:
     )
 
 
+def _refused(exc: DocumentRefused) -> Problem:
+    return Problem(
+        422,
+        "Unreadable document",
+        f"{exc.path}: {exc.message}",
+        errors=[{"field": exc.path, "message": exc.message}],
+    )
+
+
+def _needs_admin(exc: NeedsAdmin) -> Problem:
+    return Problem(
+        403,
+        "Forbidden",
+        f"only an admin key may change a provider's type, endpoint or credentials: "
+        f"{', '.join(exc.fields)}",
+        errors=[
+            {
+                "field": f,
+                "message": "changing this needs an admin key (routing:write is not enough)",
+            }
+            for f in exc.fields
+        ],
+    )
+
+
 async def _document(request: Request) -> Any:
+    """The body as a document: YAML (no aliases) or JSON, within the store's limits,
+    parsed off the event loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    limits = _store(request).policy.limits
+    as_json = content_type not in YAML_TYPES
     try:
-        if content_type in YAML_TYPES:
-            return yaml.safe_load(raw)
-        return orjson.loads(raw)
+        return await run_check(lambda: load_document(raw, as_json=as_json, limits=limits), limits)
+    except DocumentRefused as exc:
+        raise _refused(exc) from None
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:300]
         raise Problem(
             422,
             "Unreadable document",
-            f"the body is not valid {content_type}: {exc}",
+            f"the body is not valid {'JSON' if as_json else 'YAML'}: {reason}",
             errors=[{"field": "$", "message": "not valid YAML or JSON"}],
         ) from None
 
@@ -105,10 +137,18 @@ async def put_rules(
     editor: RulesEditor = request.app.state.rules_editor
     try:
         saved, issues = await editor.save(
-            document, if_match=if_match, who=principal.name, comment=comment
+            document,
+            if_match=if_match,
+            who=principal.name,
+            comment=comment,
+            admin=principal.allows("admin"),
         )
+    except NeedsAdmin as exc:
+        raise _needs_admin(exc) from None
     except RulesInvalid as exc:
         raise _invalid(list(exc.issues)) from None
+    except DocumentRefused as exc:
+        raise _refused(exc) from None
     except StaleRules as exc:
         raise Problem(412, "Precondition failed", str(exc)) from None
     return JSONResponse(
@@ -128,7 +168,9 @@ async def list_versions(
 
 @router.get("/rules/versions/{version}")
 async def get_version(
-    request: Request, version: int, _: Annotated[Principal, Depends(require("routing:read"))]
+    request: Request,
+    version: Annotated[int, Path(ge=1, le=INT32_MAX)],
+    _: Annotated[Principal, Depends(require("routing:read"))],
 ) -> dict[str, Any]:
     stored = await _store(request).get(version)
     if stored is None:
@@ -140,8 +182,8 @@ async def get_version(
 async def diff_versions(
     request: Request,
     _: Annotated[Principal, Depends(require("routing:read"))],
-    from_version: Annotated[int | None, Query(alias="from")] = None,
-    to_version: Annotated[int | None, Query(alias="to")] = None,
+    from_version: Annotated[int | None, Query(alias="from", ge=1, le=INT32_MAX)] = None,
+    to_version: Annotated[int | None, Query(alias="to", ge=1, le=INT32_MAX)] = None,
 ) -> dict[str, Any]:
     """A unified diff between two versions (default: the previous and the current)."""
     store = _store(request)
@@ -162,8 +204,8 @@ async def diff_versions(
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int
-    comment: str | None = None
+    version: StrictInt = Field(ge=1, le=INT32_MAX)
+    comment: str | None = Field(None, max_length=500)
 
 
 @router.post("/rules/rollback")
@@ -177,8 +219,18 @@ async def rollback(
     editor: RulesEditor = request.app.state.rules_editor
     try:
         saved = await editor.rollback(
-            body.version, if_match=if_match or "*", who=principal.name, comment=body.comment
+            body.version,
+            if_match=if_match or "*",
+            who=principal.name,
+            comment=body.comment,
+            admin=principal.allows("admin"),
         )
+    except NeedsAdmin as exc:
+        raise _needs_admin(exc) from None
+    except RulesInvalid as exc:
+        raise _invalid(list(exc.issues)) from None
+    except DocumentRefused as exc:
+        raise _refused(exc) from None
     except KeyError:
         raise Problem(
             404,
@@ -207,17 +259,37 @@ class SimulateRequest(BaseModel):
 async def simulate(
     request: Request,
     body: SimulateRequest,
-    _: Annotated[Principal, Depends(require("routing:read"))],
+    principal: Annotated[Principal, Depends(require("routing:read"))],
 ) -> dict[str, Any]:
-    """Where would this message go, and why? Optionally against an unsaved document."""
+    """Where would this message go, and why? Optionally against an unsaved document,
+    which is only planned over: no provider is built from it, nothing is sent."""
+    in_force: RoutingRules = request.app.state.rules_source.current()
+    rules = in_force
     if body.rules is not None:
-        try:
-            rules: RoutingRules = parse_and_validate(body.rules, version=0, check_env=False)
-        except RulesInvalid as exc:
-            raise _invalid(list(exc.issues)) from None
-    else:
-        rules = request.app.state.rules_source.current()
+        rules = await draft_rules(
+            body.rules, in_force, _store(request), admin=principal.allows("admin")
+        )
     board: BreakerBoard = request.app.state.breakers
     return await simulate_plan(
         rules, board, channel=body.channel, to=body.to, category=body.category, caller=body.caller
     )
+
+
+async def draft_rules(
+    draft: Any, in_force: RoutingRules, store: RulesStore, *, admin: bool
+) -> RoutingRules:
+    """A draft to simulate: the same privilege and policy as a save (``Problem``)."""
+    try:
+        check_privilege(document_of(in_force), draft, admin=admin)
+    except NeedsAdmin as exc:
+        raise _needs_admin(exc) from None
+    policy = store.policy
+    try:
+        return await run_check(
+            lambda: parse_and_validate(draft, version=0, check_env=False, policy=policy),
+            policy.limits,
+        )
+    except RulesInvalid as exc:
+        raise _invalid(list(exc.issues)) from None
+    except DocumentRefused as exc:
+        raise _refused(exc) from None

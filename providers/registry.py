@@ -13,6 +13,7 @@ from herald.domain import Channel
 from herald.logs import get_logger
 from providers import fcm, msg91, ses, smtp, sns, twilio
 from providers.base import Provider
+from providers.credentials import VendorPolicy
 from providers.sandbox import SandboxProvider, SandboxStore
 from router.rules import RoutingRules
 
@@ -27,6 +28,8 @@ class ProviderDeps:
     blocking: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="vendor")
     )
+    #: The operator's credentials and endpoints; unset, the strictest (no endpoint listed).
+    policy: VendorPolicy = field(default_factory=VendorPolicy)
 
 
 log = get_logger(__name__)
@@ -51,10 +54,14 @@ REGISTRY: dict[str, Factory] = {
 
 
 def build_provider(name: str, spec: dict[str, Any], deps: ProviderDeps) -> Provider:
+    """A provider client, after the operator's policy approved its credentials and
+    endpoint: a document saved before the policy existed, or the routing file, gets no
+    client for what the policy refuses (``CredentialRefused``, ``EndpointRefused``)."""
     kind = spec["type"]
     factory = REGISTRY.get(kind)
     if factory is None:
         raise ValueError(f"provider {name!r}: unknown type {kind!r}")
+    deps.policy.check(name, spec)
     return factory(name, Channel(spec["channel"]), spec, deps)
 
 

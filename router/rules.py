@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 import yaml
 
 from herald.domain import Channel
@@ -171,6 +173,116 @@ def parse_rules(doc: Any, *, version: int = 1) -> RoutingRules:
     return RoutingRules(providers=providers, rules=rules, version=version)
 
 
-def load_rules_file(path: Path) -> RoutingRules:
-    with path.open() as fh:
-        return parse_rules(yaml.safe_load(fh))
+def load_rules_file(path: Path, limits: DocumentLimits | None = None) -> RoutingRules:
+    return parse_rules(load_document(path.read_bytes(), limits=limits))
+
+
+# Reading a document: every parser of a routing document goes through here ------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentLimits:
+    """Bounds on a routing document, checked before anything is built from it. A real
+    document is a few KiB, about 6 levels deep, a few hundred nodes."""
+
+    max_bytes: int = 64 * 1024
+    max_depth: int = 20
+    max_nodes: int = 20_000
+    #: Parse and validation together; the parser also checks it as it goes.
+    timeout_s: float = 5.0
+
+
+class DocumentRefused(RulesError):
+    """The document is too big, too deep, too slow, or uses YAML aliases (a 422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("$", message)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing anchors and aliases (the billion-laughs shape: each
+    alias expands to a copy) and capping depth and node count while composing, before
+    any object is constructed. Depth is capped before the composer recurses, so a deep
+    document is a refusal, not a ``RecursionError``."""
+
+    def __init__(self, stream: str, limits: DocumentLimits, deadline: float) -> None:
+        super().__init__(stream)
+        self.limits = limits
+        self.deadline = deadline
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise DocumentRefused(
+                f"line {line}: YAML anchors and aliases (&name, *name, <<) are not allowed "
+                "in routing rules; write each value out"
+            )
+        self.nodes += 1
+        if self.nodes > self.limits.max_nodes:
+            raise DocumentRefused(f"more than {self.limits.max_nodes} values")
+        if self.nodes % 512 == 0 and time.monotonic() > self.deadline:
+            raise DocumentRefused(f"reading it took longer than {self.limits.timeout_s:g} s")
+        if self.depth >= self.limits.max_depth:
+            raise DocumentRefused(f"line {line}: nested deeper than {self.limits.max_depth}")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _text(raw: bytes | str, limits: DocumentLimits) -> str:
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "replace"))
+    if size > limits.max_bytes:
+        raise DocumentRefused(f"the document is {size} bytes, over {limits.max_bytes}")
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DocumentRefused("the document is not UTF-8") from None
+
+
+def load_yaml(raw: bytes | str, limits: DocumentLimits | None = None) -> Any:
+    """One YAML document within ``limits``; ``DocumentRefused`` or ``yaml.YAMLError``."""
+    limits = limits or DocumentLimits()
+    loader = _BoundedLoader(_text(raw, limits), limits, time.monotonic() + limits.timeout_s)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_json(raw: bytes | str, limits: DocumentLimits | None = None) -> Any:
+    """A JSON document within ``limits``; ``DocumentRefused`` or ``orjson.JSONDecodeError``."""
+    limits = limits or DocumentLimits()
+    document = orjson.loads(_text(raw, limits))
+    check_shape(document, limits)
+    return document
+
+
+def load_document(
+    raw: bytes | str, *, as_json: bool = False, limits: DocumentLimits | None = None
+) -> Any:
+    return load_json(raw, limits) if as_json else load_yaml(raw, limits)
+
+
+def check_shape(document: Any, limits: DocumentLimits | None = None) -> None:
+    """Depth and size of an already-parsed document (JSON, a draft in a request, a
+    stored version), walked without recursion."""
+    limits = limits or DocumentLimits()
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > limits.max_nodes:
+            raise DocumentRefused(f"more than {limits.max_nodes} values")
+        if depth > limits.max_depth:
+            raise DocumentRefused(f"nested deeper than {limits.max_depth}")
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list):
+            stack.extend((child, depth + 1) for child in children)

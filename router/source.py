@@ -51,8 +51,10 @@ class RulesSource:
                 return False
             stored = await self.store.get(latest)
             assert stored is not None
-            try:
-                rules = parse_rules(stored.document, version=stored.version)
+            try:  # off the loop: a stored document is bounded, but sends must not wait on it
+                rules = await asyncio.to_thread(
+                    parse_rules, stored.document, version=stored.version
+                )
             except RulesError as exc:
                 if self._rules is None:
                     raise  # nothing to route with: refuse to start

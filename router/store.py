@@ -3,6 +3,7 @@ until the first edit; every save is a new version, kept with who saved it and wh
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -21,12 +22,15 @@ from herald.domain import utcnow
 from herald.errors import HeraldError
 from herald.storage.db import SessionFactory, insert_ignoring_conflicts
 from herald.storage.models import RoutingVersion, table_of
-from router.validation import RulesInvalid, validate_document
+from router.rules import load_document
+from router.validation import RulesInvalid, RulesPolicy, validate_document
 
 VERSIONS = table_of(RoutingVersion)
 
 #: Work to commit in the same transaction as a saved version (the audit entry).
 AlsoInTransaction = Callable[[AsyncSession, "StoredRules"], Awaitable[None]]
+#: A check of the new document against the version it replaces (raise to refuse).
+AgainstCurrent = Callable[["StoredRules"], None]
 
 
 class StaleRules(HeraldError):
@@ -71,16 +75,25 @@ def _stored(row: Any) -> StoredRules:
 
 
 class RulesStore:
-    def __init__(self, sessions: SessionFactory, seed_file: Path) -> None:
+    def __init__(
+        self, sessions: SessionFactory, seed_file: Path, policy: RulesPolicy | None = None
+    ) -> None:
         self.sessions = sessions
         self.seed_file = seed_file
+        #: What documents may hold here: every editor of this store validates with it.
+        self.policy = policy or RulesPolicy()
+
+    def _read_seed(self) -> Any:
+        """The routing file, within the parser's limits and the operator's policy."""
+        document = load_document(self.seed_file.read_bytes(), limits=self.policy.limits)
+        issues = validate_document(document, check_env=False, policy=self.policy)
+        if any(i.severity == "error" for i in issues):
+            raise RulesInvalid(issues)
+        return document
 
     async def _seed(self) -> None:
         """Version 1 is the routing file, refused at start-up if it is invalid."""
-        document = yaml.safe_load(self.seed_file.read_text())
-        issues = validate_document(document, check_env=False)
-        if any(i.severity == "error" for i in issues):
-            raise RulesInvalid(issues)
+        document = await asyncio.to_thread(self._read_seed)
         engine = self.sessions.kw["bind"]
         async with self.sessions.begin() as session:
             await session.execute(
@@ -130,12 +143,17 @@ class RulesStore:
         who: str,
         comment: str | None = None,
         also: AlsoInTransaction | None = None,
+        check: AgainstCurrent | None = None,
     ) -> StoredRules:
         """Store ``document`` as the next version if ``if_match`` names the current one;
-        ``also`` runs in the same transaction."""
+        ``check`` sees the version being replaced (so a concurrent save cannot slip a
+        change past it: the insert of the next number fails then); ``also`` runs in the
+        same transaction."""
         current = await self.current()
         if if_match.strip() not in (current.etag, "*"):
             raise StaleRules(f"rules changed since {if_match}; the current ETag is {current.etag}")
+        if check is not None:
+            check(current)
         version = current.version + 1
         row = {
             "version": version,
@@ -164,8 +182,10 @@ class RulesStore:
         who: str,
         if_match: str = "*",
         also: AlsoInTransaction | None = None,
+        check: Callable[[StoredRules, StoredRules], None] | None = None,
     ) -> StoredRules:
-        """Save an earlier version's document again, as a new version."""
+        """Save an earlier version's document again, as a new version; ``check`` sees
+        the earlier version and the one in force."""
         earlier = await self.get(version)
         if earlier is None:
             raise KeyError(version)
@@ -175,4 +195,5 @@ class RulesStore:
             who=who,
             comment=f"rollback to version {version}",
             also=also,
+            check=None if check is None else (lambda current: check(earlier, current)),
         )

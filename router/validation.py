@@ -3,30 +3,47 @@
 Two passes over the raw document: the JSON schema (``config/routing.schema.json``, every
 error, each translated to a path like ``rules[0].tiers[0][1]``), then the checks a schema
 cannot express: providers known and of the rule's channel, rules that can never match,
-duplicate names, credentials set in the environment, and unused providers or channels.
+duplicate names, credentials and endpoints the operator allows (``VendorPolicy``),
+credentials set in the environment, and unused providers or channels.
 The semantic checks read the raw document defensively: whatever has the wrong shape was
 already reported by the schema and is skipped here, so nothing is reported twice and
-nothing raises. Credential values are never echoed: only their path and variable name.
+nothing raises. Credential values are never echoed: only their path and variable name,
+and "is not set" only for names the operator allows (elsewhere the answer is the same
+whether the variable exists or not). At most ``MAX_ISSUES`` issues are reported.
+
+Every caller of the HTTP API and the console validates off the event loop
+(``run_check``), with the time limit of ``DocumentLimits``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import phonenumbers
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from herald.domain import Category, Channel
-from router.rules import RoutingRules, RulesError, parse_rules
+from providers.credentials import VendorPolicy, reference_variable
+from router.rules import (
+    DocumentLimits,
+    DocumentRefused,
+    RoutingRules,
+    RulesError,
+    check_shape,
+    parse_rules,
+)
 
 Severity = Literal["error", "warning"]
 PathPart = str | int
@@ -37,8 +54,17 @@ KNOWN_PROVIDER_TYPES: frozenset[str] = frozenset(
 CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
 CATEGORIES: frozenset[str] = frozenset(c.value for c in Category)
 CREDENTIALS_MESSAGE = "credentials must be env: references, never the secret itself"
-_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+#: Issues reported at most; the rest are counted in one last issue.
+MAX_ISSUES = 50
+#: Past these counts only the schema runs (it reports the excess): the cross-rule checks
+#: grow with the square of the number of rules.
+MAX_RULES = 500
+MAX_PROVIDERS = 200
+T = TypeVar("T")
+#: Where documents are parsed and validated: off the event loop, two at a time, so a
+#: flood of edits queues here instead of taking every thread of the process.
+_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rules-check")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +93,37 @@ class RulesInvalid(RulesError):
         return tuple(i for i in self.issues if i.severity == "error")
 
 
+@dataclass(frozen=True, slots=True)
+class RulesPolicy:
+    """What this deployment accepts in a routing document: the operator's credentials
+    and endpoints, and the parser's bounds."""
+
+    vendor: VendorPolicy = dataclass_field(default_factory=VendorPolicy)
+    limits: DocumentLimits = dataclass_field(default_factory=DocumentLimits)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RulesPolicy:
+        return cls(
+            VendorPolicy.from_settings(settings),
+            DocumentLimits(
+                max_bytes=settings.max_rules_bytes, timeout_s=settings.rules_validation_timeout_s
+            ),
+        )
+
+
+async def run_check(check: Callable[[], T], limits: DocumentLimits) -> T:
+    """Run a parse or validation in a worker thread, so the event loop (``/healthz``,
+    every send) never waits on it; past ``limits.timeout_s`` it is ``DocumentRefused``
+    (the parser also stops itself at that deadline)."""
+    future = asyncio.get_running_loop().run_in_executor(_CHECKS, check)
+    try:
+        return await asyncio.wait_for(future, limits.timeout_s)
+    except TimeoutError:
+        raise DocumentRefused(
+            f"checking the document took longer than {limits.timeout_s:g} s"
+        ) from None
+
+
 # Public API ---------------------------------------------------------------------------
 
 
@@ -76,26 +133,51 @@ def validate_document(
     env: Mapping[str, str] | None = None,
     provider_types: frozenset[str] | set[str] = KNOWN_PROVIDER_TYPES,
     check_env: bool = True,
+    policy: RulesPolicy | None = None,
 ) -> list[ValidationIssue]:
     """Every problem of a rules document, schema errors first; an empty list means clean.
 
     ``env`` is where credential ``env:VAR`` references must resolve (default
     ``os.environ``); ``check_env=False`` skips that check (CI without the secrets).
+    ``policy`` is the operator's (default: the strictest, no endpoint allowed).
     """
+    policy = policy or RulesPolicy()
+    try:
+        check_shape(doc, policy.limits)
+    except DocumentRefused as exc:
+        return [ValidationIssue(exc.path, exc.message)]
     issues = schema_issues(doc)
     if not isinstance(doc, dict):
-        return issues
+        return cap_issues(issues)
     providers = _mapping(doc.get("providers"))
     rules = _list(doc.get("rules"))
+    if len(providers) > MAX_PROVIDERS or len(rules) > MAX_RULES:
+        return cap_issues(sorted(issues, key=_order))
     issues += provider_type_issues(providers, provider_types)
+    issues += vendor_policy_issues(providers, policy.vendor)
     issues += country_issues(providers, rules)
     issues += tier_issues(providers, rules)
     issues += never_matching_issues(rules)
     issues += duplicate_name_issues(rules)
     if check_env:
-        issues += credential_env_issues(providers, os.environ if env is None else env)
+        environ = os.environ if env is None else env
+        issues += credential_env_issues(providers, environ, policy.vendor)
     issues += coverage_warnings(providers, rules)
-    return sorted(issues, key=_order)
+    return cap_issues(sorted(issues, key=_order))
+
+
+def cap_issues(issues: list[ValidationIssue], limit: int = MAX_ISSUES) -> list[ValidationIssue]:
+    """The first ``limit`` issues, and one more that counts the rest."""
+    if len(issues) <= limit:
+        return issues
+    rest = issues[limit:]
+    errors = sum(1 for i in rest if i.severity == "error")
+    summary = ValidationIssue(
+        "$",
+        f"and {len(rest)} more issues ({errors} errors) not shown; fix these first",
+        "error" if errors else "warning",
+    )
+    return [*issues[:limit], summary]
 
 
 def parse_and_validate(
@@ -105,9 +187,12 @@ def parse_and_validate(
     env: Mapping[str, str] | None = None,
     provider_types: frozenset[str] | set[str] = KNOWN_PROVIDER_TYPES,
     check_env: bool = True,
+    policy: RulesPolicy | None = None,
 ) -> RoutingRules:
     """Validate, then parse; raise ``RulesInvalid`` on any error, attach the warnings."""
-    issues = validate_document(doc, env=env, provider_types=provider_types, check_env=check_env)
+    issues = validate_document(
+        doc, env=env, provider_types=provider_types, check_env=check_env, policy=policy
+    )
     if any(i.severity == "error" for i in issues):
         raise RulesInvalid(issues)
     parsed = parse_rules(doc, version=version)
@@ -501,19 +586,43 @@ def duplicate_name_issues(rules: Sequence[Any]) -> list[ValidationIssue]:
     return issues
 
 
-def credential_env_issues(
-    providers: Mapping[Any, Any], env: Mapping[str, str]
+def vendor_policy_issues(
+    providers: Mapping[Any, Any], policy: VendorPolicy
 ) -> list[ValidationIssue]:
-    """``env:VAR`` references whose variable is unset or empty (the value never shown)."""
+    """Credentials outside the operator's prefixes, endpoints outside their allow-list."""
+    issues: list[ValidationIssue] = []
+    for name, spec in providers.items():
+        if not isinstance(spec, dict):
+            continue
+        if not isinstance(spec.get("endpoint", ""), str):  # the schema's to report
+            spec = {k: v for k, v in spec.items() if k != "endpoint"}
+        issues += [
+            ValidationIssue(format_path(["providers", str(name), *where.split(".", 1)]), message)
+            for where, message in policy.spec_issues(str(name), spec)
+        ]
+    return issues
+
+
+def credential_env_issues(
+    providers: Mapping[Any, Any], env: Mapping[str, str], policy: VendorPolicy | None = None
+) -> list[ValidationIssue]:
+    """``env:VAR`` references whose variable is unset or empty (the value never shown).
+
+    Only names the operator allows are looked up: any other reference was refused by
+    ``vendor_policy_issues`` with the same words whether or not it exists.
+    """
+    policy = policy or VendorPolicy()
     issues: list[ValidationIssue] = []
     for name, spec in providers.items():
         for field, ref in _mapping(_mapping(spec).get("credentials")).items():
-            found = _ENV_REF.fullmatch(ref) if isinstance(ref, str) else None
-            if found and not env.get(found[1]):
+            variable = reference_variable(ref)
+            if variable is None or policy.credential_refusal(variable):
+                continue
+            if not env.get(variable):
                 issues.append(
                     ValidationIssue(
                         format_path(["providers", str(name), "credentials", str(field)]),
-                        f"environment variable {found[1]} is not set (or is empty)",
+                        f"environment variable {variable} is not set (or is empty)",
                     )
                 )
     return issues

@@ -133,9 +133,9 @@ def key_json(key: tuple[dict[str, Any], str], token_uri: str, **extra: Any) -> s
 
 
 def fcm_spec(endpoint: str, *, project: bool = False) -> dict[str, Any]:
-    credentials = {"service_account": "env:HERALD_TEST_FCM_KEY"}
+    credentials = {"service_account": "env:HERALD_VENDOR_TEST_FCM_KEY"}
     if project:
-        credentials["project_id"] = "env:HERALD_TEST_FCM_PROJECT"
+        credentials["project_id"] = "env:HERALD_VENDOR_TEST_FCM_PROJECT"
     return {"type": "fcm", "channel": "push", "endpoint": endpoint, "credentials": credentials}
 
 
@@ -150,7 +150,7 @@ def make_fcm(
     def make(
         *, endpoint: str | None = None, timeout_s: float = 2, key_value: str | None = None
     ) -> FcmProvider:
-        monkeypatch.setenv("HERALD_TEST_FCM_KEY", key_value or key_json(key, fake.token_uri))
+        monkeypatch.setenv("HERALD_VENDOR_TEST_FCM_KEY", key_value or key_json(key, fake.token_uri))
         return FcmProvider(
             f"fcm-{uuid.uuid4().hex[:8]}",  # its own unregistered-token memory
             Channel.PUSH,
@@ -311,7 +311,7 @@ async def test_the_memory_is_best_effort_when_redis_is_down(
     pool: ThreadPoolExecutor,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HERALD_TEST_FCM_KEY", key_json(key, fake.token_uri))
+    monkeypatch.setenv("HERALD_VENDOR_TEST_FCM_KEY", key_json(key, fake.token_uri))
     down = Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
     fcm = FcmProvider("fcm-no-redis", Channel.PUSH, fcm_spec(fake.url), redis=down, blocking=pool)
     await fcm.send(envelope())
@@ -331,8 +331,8 @@ async def test_key_file_path_and_project_override(
 ) -> None:
     path = tmp_path / "key.json"
     path.write_text(key_json(key, fake.token_uri, project_id="from-the-key"))
-    monkeypatch.setenv("HERALD_TEST_FCM_KEY", str(path))
-    monkeypatch.setenv("HERALD_TEST_FCM_PROJECT", "herald-test")
+    monkeypatch.setenv("HERALD_VENDOR_TEST_FCM_KEY", str(path))
+    monkeypatch.setenv("HERALD_VENDOR_TEST_FCM_PROJECT", "herald-test")
     spec = fcm_spec(fake.url, project=True)
     fcm = FcmProvider("fcm-file", Channel.PUSH, spec, redis=redis, blocking=pool)
     await fcm.send(envelope())
@@ -343,7 +343,7 @@ async def test_key_file_path_and_project_override(
 def test_unusable_keys_are_refused_without_quoting_them(
     value: str, monkeypatch: pytest.MonkeyPatch, pool: ThreadPoolExecutor
 ) -> None:
-    monkeypatch.setenv("HERALD_TEST_FCM_KEY", value)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_FCM_KEY", value)
     with pytest.raises(MissingCredential) as caught:
         FcmProvider("fcm-x", Channel.PUSH, fcm_spec("http://x"), redis=Redis(), blocking=pool)
     assert "not json" not in str(caught.value)
@@ -378,7 +378,7 @@ async def push_stack(
     await asyncio.to_thread(upgrade, database)  # Alembic runs a loop of its own
     values = stack_settings(database, routing_file=str(folder / "routing.yaml"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HERALD_TEST_FCM_KEY", key_json(key, fcm_api.token_uri))
+        patch.setenv("HERALD_VENDOR_TEST_FCM_KEY", key_json(key, fcm_api.token_uri))
         async with running_stack(values) as stack:
             yield stack
 

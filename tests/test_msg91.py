@@ -22,8 +22,11 @@ from tests.test_twilio import routing, send_sms, vendor_message_id, wait_dead_le
 AUTH_KEY = "msg91-test-authkey"
 TEMPLATE_ID = "65f0c0ffee0123456789abcd"
 TO = "+919812345678"
-ENV = {"HERALD_T_MSG91_KEY": AUTH_KEY, "HERALD_T_MSG91_TEMPLATE": TEMPLATE_ID}
-CREDENTIALS = {"auth_key": "env:HERALD_T_MSG91_KEY", "template_id": "env:HERALD_T_MSG91_TEMPLATE"}
+ENV = {"HERALD_VENDOR_T_MSG91_KEY": AUTH_KEY, "HERALD_VENDOR_T_MSG91_TEMPLATE": TEMPLATE_ID}
+CREDENTIALS = {
+    "auth_key": "env:HERALD_VENDOR_T_MSG91_KEY",
+    "template_id": "env:HERALD_VENDOR_T_MSG91_TEMPLATE",
+}
 
 
 def msg91_spec(endpoint: str) -> dict[str, Any]:
@@ -83,7 +86,7 @@ async def test_send_reaches_msg91_with_authkey_template_and_variables(
 
 
 async def test_wrong_authkey_is_a_permanent_config_error(endpoint: str) -> None:
-    env = {**ENV, "HERALD_T_MSG91_KEY": "wrong"}
+    env = {**ENV, "HERALD_VENDOR_T_MSG91_KEY": "wrong"}
     msg91 = Msg91Provider("msg91-in", Channel.SMS, msg91_spec(endpoint), env=env)
     try:
         with pytest.raises(PermanentProviderError) as caught:

@@ -29,14 +29,15 @@ from router.validation import (
     validate_document,
 )
 
-# The example document of DESIGN §6, verbatim.
+# The example document of DESIGN §6, with its credentials under the vendor prefix.
 DESIGN_EXAMPLE = """
 providers:
   msg91-in:  {type: msg91,   channel: sms, cost: {IN: 0.0020, default: 0.05}, max_per_s: 50,
-              credentials: {auth_key: env:MSG91_AUTH_KEY}}
+              credentials: {auth_key: env:HERALD_VENDOR_MSG91_AUTH_KEY}}
   twilio:    {type: twilio,  channel: sms, cost: {default: 0.0079, IN: 0.0450},
-              credentials: {account_sid: env:TWILIO_ACCOUNT_SID, auth_token: env:TWILIO_AUTH_TOKEN,
-                            from: env:TWILIO_FROM}}
+              credentials: {account_sid: env:HERALD_VENDOR_TWILIO_ACCOUNT_SID,
+                            auth_token: env:HERALD_VENDOR_TWILIO_AUTH_TOKEN,
+                            from: env:HERALD_VENDOR_TWILIO_FROM}}
   sns:       {type: sns,     channel: sms, cost: {default: 0.0065}}
   ses:       {type: ses,     channel: email, cost: {default: 0.0001}}
   fcm:       {type: fcm,     channel: push, cost: {default: 0}}
@@ -52,10 +53,10 @@ rules:
     tiers: [[ses]]
 """
 DESIGN_ENV = {
-    "MSG91_AUTH_KEY": "msg91-secret-value",
-    "TWILIO_ACCOUNT_SID": "AC-secret-value",
-    "TWILIO_AUTH_TOKEN": "twilio-token-secret-value",
-    "TWILIO_FROM": "+15005550006",
+    "HERALD_VENDOR_MSG91_AUTH_KEY": "msg91-secret-value",
+    "HERALD_VENDOR_TWILIO_ACCOUNT_SID": "AC-secret-value",
+    "HERALD_VENDOR_TWILIO_AUTH_TOKEN": "twilio-token-secret-value",
+    "HERALD_VENDOR_TWILIO_FROM": "+15005550006",
 }
 
 
@@ -175,10 +176,10 @@ def test_unknown_key(where: tuple[Any, ...], path: str) -> None:
 def test_literal_credential_is_refused_without_echoing_the_secret() -> None:
     doc = base()
     doc["providers"]["sms-b"]["credentials"] = {
-        "account_sid": "env:TWILIO_ACCOUNT_SID",
+        "account_sid": "env:HERALD_VENDOR_TWILIO_ACCOUNT_SID",
         "auth_token": "sk_live_do_not_print_me",
     }
-    found = issues(doc, env={"TWILIO_ACCOUNT_SID": "AC123"})
+    found = issues(doc, env={"HERALD_VENDOR_TWILIO_ACCOUNT_SID": "AC123"})
     assert found == [("providers.sms-b.credentials.auth_token", CREDENTIALS_MESSAGE, "error")]
     assert "sk_live_do_not_print_me" not in repr(found)
 
@@ -471,21 +472,21 @@ def test_duplicate_rule_names() -> None:
 def test_credential_whose_variable_is_unset_names_path_and_variable_only() -> None:
     doc = base()
     doc["providers"]["sms-b"]["credentials"] = {
-        "account_sid": "env:TWILIO_ACCOUNT_SID",
-        "auth_token": "env:TWILIO_AUTH_TOKEN",
+        "account_sid": "env:HERALD_VENDOR_TWILIO_ACCOUNT_SID",
+        "auth_token": "env:HERALD_VENDOR_TWILIO_AUTH_TOKEN",
     }
-    env = {"TWILIO_ACCOUNT_SID": "AC-secret-value"}
+    env = {"HERALD_VENDOR_TWILIO_ACCOUNT_SID": "AC-secret-value"}
     found = issues(doc, env=env)
     assert found == [
         (
             "providers.sms-b.credentials.auth_token",
-            "environment variable TWILIO_AUTH_TOKEN is not set (or is empty)",
+            "environment variable HERALD_VENDOR_TWILIO_AUTH_TOKEN is not set (or is empty)",
             "error",
         )
     ]
     assert "AC-secret-value" not in repr(found)
-    assert issues(doc, env={**env, "TWILIO_AUTH_TOKEN": ""}) == found
-    assert issues(doc, env={**env, "TWILIO_AUTH_TOKEN": "t"}) == []
+    assert issues(doc, env={**env, "HERALD_VENDOR_TWILIO_AUTH_TOKEN": ""}) == found
+    assert issues(doc, env={**env, "HERALD_VENDOR_TWILIO_AUTH_TOKEN": "t"}) == []
     assert issues(doc, check_env=False) == []
 
 
@@ -493,10 +494,12 @@ def test_credentials_are_checked_against_the_process_environment_by_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     doc = base()
-    doc["providers"]["sms-b"]["credentials"] = {"auth_token": "env:HERALD_TEST_ROUTING_TOKEN"}
-    monkeypatch.delenv("HERALD_TEST_ROUTING_TOKEN", raising=False)
+    doc["providers"]["sms-b"]["credentials"] = {
+        "auth_token": "env:HERALD_VENDOR_TEST_ROUTING_TOKEN"
+    }
+    monkeypatch.delenv("HERALD_VENDOR_TEST_ROUTING_TOKEN", raising=False)
     assert [p for p, _ in errors(doc, env=None)] == ["providers.sms-b.credentials.auth_token"]
-    monkeypatch.setenv("HERALD_TEST_ROUTING_TOKEN", "x")
+    monkeypatch.setenv("HERALD_VENDOR_TEST_ROUTING_TOKEN", "x")
     assert errors(doc, env=None) == []
 
 
@@ -567,11 +570,11 @@ def test_the_design_example_validates_with_its_env_vars_set() -> None:
 
 def test_the_design_example_without_twilio_auth_token_names_exactly_that_path() -> None:
     doc = yaml.safe_load(DESIGN_EXAMPLE)
-    env = {k: v for k, v in DESIGN_ENV.items() if k != "TWILIO_AUTH_TOKEN"}
+    env = {k: v for k, v in DESIGN_ENV.items() if k != "HERALD_VENDOR_TWILIO_AUTH_TOKEN"}
     assert errors(doc, env=env) == [
         (
             "providers.twilio.credentials.auth_token",
-            "environment variable TWILIO_AUTH_TOKEN is not set (or is empty)",
+            "environment variable HERALD_VENDOR_TWILIO_AUTH_TOKEN is not set (or is empty)",
         )
     ]
 
@@ -586,7 +589,10 @@ def test_parse_and_validate_returns_the_rules_with_their_warnings() -> None:
     assert rules.version == 7
     assert [r.name for r in rules.rules] == ["otp-india", "sms-default", "email-default"]
     assert [r.split for r in rules.rules] == ["cheapest", "weighted", "cheapest"]
-    assert rules.providers["twilio"].raw["credentials"]["auth_token"] == "env:TWILIO_AUTH_TOKEN"
+    assert (
+        rules.providers["twilio"].raw["credentials"]["auth_token"]
+        == "env:HERALD_VENDOR_TWILIO_AUTH_TOKEN"
+    )
     assert [(w.path, w.severity) for w in rules.warnings] == [
         ("providers.fcm", "warning"),
         ("rules", "warning"),
@@ -632,7 +638,7 @@ _junk = st.recursive(
     | st.booleans()
     | st.integers(-2, 3)
     | st.floats(-1, 2, allow_nan=False)
-    | st.sampled_from(["", "IN", "UK", "otp", "sms", "a", "env:A", "default"]),
+    | st.sampled_from(["", "IN", "UK", "otp", "sms", "a", "env:HERALD_VENDOR_A", "default"]),
     lambda inner: (
         st.lists(inner, max_size=3)
         | st.dictionaries(st.sampled_from(["type", "channel", "provider", "x"]), inner, max_size=3)
@@ -658,7 +664,7 @@ _provider = (
             "max_per_s": st.sampled_from([0, 5, -1, "x"]),
             "credentials": st.dictionaries(
                 st.sampled_from(["key", "token"]),
-                st.sampled_from(["env:A", "env:B", "literal", 5]),
+                st.sampled_from(["env:HERALD_VENDOR_A", "env:HERALD_VENDOR_B", "literal", 5]),
                 max_size=2,
             ),
             "lookup": st.booleans(),
@@ -758,7 +764,7 @@ _good_documents = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_documents)
 def test_validation_never_raises_and_refuses_whatever_the_parser_refuses(doc: Any) -> None:
-    found = validate_document(doc, env={"A": "1"})
+    found = validate_document(doc, env={"HERALD_VENDOR_A": "1"})
     assert all(i.severity in ("error", "warning") and i.path and i.message for i in found)
     error_paths = [i.path for i in found if i.severity == "error"]
     try:
@@ -821,13 +827,13 @@ def test_command_with_only_warnings_says_ok(tmp_path: Path) -> None:
 def test_command_checks_credentials_in_its_environment(tmp_path: Path) -> None:
     path = tmp_path / "design.yaml"
     path.write_text(DESIGN_EXAMPLE)
-    env = {k: v for k, v in DESIGN_ENV.items() if k != "TWILIO_AUTH_TOKEN"}
-    env["TWILIO_AUTH_TOKEN"] = ""
+    env = {k: v for k, v in DESIGN_ENV.items() if k != "HERALD_VENDOR_TWILIO_AUTH_TOKEN"}
+    env["HERALD_VENDOR_TWILIO_AUTH_TOKEN"] = ""
     missing = runner.invoke(app, ["routing", "validate", str(path)], env=env)
     assert missing.exit_code == 1
     assert (
         f"{path}: providers.twilio.credentials.auth_token: environment variable "
-        "TWILIO_AUTH_TOKEN is not set (or is empty)"
+        "HERALD_VENDOR_TWILIO_AUTH_TOKEN is not set (or is empty)"
     ) in missing.stderr.splitlines()
     assert not any(secret in missing.output for secret in DESIGN_ENV.values())
     skipped = runner.invoke(app, ["routing", "validate", "--no-env", str(path)], env=env)

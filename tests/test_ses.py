@@ -37,16 +37,16 @@ SENDER = "noreply@herald.test"
 UNVERIFIED = "nobody@unverified.test"
 TO = "alice@example.com"
 ENV = {
-    "HERALD_T_AWS_KEY": ACCESS_KEY_ID,
-    "HERALD_T_AWS_SECRET": SECRET_ACCESS_KEY,
-    "HERALD_T_AWS_REGION": REGION,
-    "HERALD_T_SES_FROM": f"Herald <{SENDER}>",
-    "HERALD_T_SES_FROM_UNVERIFIED": UNVERIFIED,
+    "HERALD_VENDOR_T_AWS_KEY": ACCESS_KEY_ID,
+    "HERALD_VENDOR_T_AWS_SECRET": SECRET_ACCESS_KEY,
+    "HERALD_VENDOR_T_AWS_REGION": REGION,
+    "HERALD_VENDOR_T_SES_FROM": f"Herald <{SENDER}>",
+    "HERALD_VENDOR_T_SES_FROM_UNVERIFIED": UNVERIFIED,
 }
 
 
 def ses_spec(
-    endpoint: str, cost: float = 0.0001, from_var: str = "HERALD_T_SES_FROM"
+    endpoint: str, cost: float = 0.0001, from_var: str = "HERALD_VENDOR_T_SES_FROM"
 ) -> dict[str, Any]:
     return {
         "type": "ses",
@@ -54,9 +54,9 @@ def ses_spec(
         "cost": {"default": cost},
         "endpoint": endpoint,
         "credentials": {
-            "access_key_id": "env:HERALD_T_AWS_KEY",
-            "secret_access_key": "env:HERALD_T_AWS_SECRET",
-            "region": "env:HERALD_T_AWS_REGION",
+            "access_key_id": "env:HERALD_VENDOR_T_AWS_KEY",
+            "secret_access_key": "env:HERALD_VENDOR_T_AWS_SECRET",
+            "region": "env:HERALD_VENDOR_T_AWS_REGION",
             "from": f"env:{from_var}",
         },
     }
@@ -158,7 +158,7 @@ async def test_send_reaches_moto_and_returns_its_message_id(
 async def test_an_unverified_sender_is_rejected_for_good(
     moto: MotoServer, pool: ThreadPoolExecutor
 ) -> None:
-    provider = adapter(ses_spec(moto.url, from_var="HERALD_T_SES_FROM_UNVERIFIED"), pool)
+    provider = adapter(ses_spec(moto.url, from_var="HERALD_VENDOR_T_SES_FROM_UNVERIFIED"), pool)
     with pytest.raises(PermanentProviderError) as caught:
         await provider.send(email())
     assert caught.value.code == "MessageRejected"
@@ -179,7 +179,7 @@ async def test_an_unset_credential_is_reported_before_the_sender(
 ) -> None:
     with pytest.raises(PermanentProviderError) as caught:
         await adapter(ses_spec(moto.url), pool, env={}).send(email())
-    assert caught.value.code == "misconfigured" and "HERALD_T_AWS_KEY" in str(caught.value)
+    assert caught.value.code == "misconfigured" and "HERALD_VENDOR_T_AWS_KEY" in str(caught.value)
 
 
 def test_it_claims_receipts_only_with_a_configuration_set_and_a_topic(
@@ -187,9 +187,13 @@ def test_it_claims_receipts_only_with_a_configuration_set_and_a_topic(
 ) -> None:
     spec = ses_spec("http://unused")
     assert not adapter(spec, pool).supports_receipts
-    spec["credentials"]["configuration_set"] = "env:HERALD_T_SES_CONFIG_SET"
-    spec["credentials"]["sns_topic_arns"] = "env:HERALD_T_SES_TOPICS"
-    env = {**ENV, "HERALD_T_SES_CONFIG_SET": "events", "HERALD_T_SES_TOPICS": "arn:aws:sns:x"}
+    spec["credentials"]["configuration_set"] = "env:HERALD_VENDOR_T_SES_CONFIG_SET"
+    spec["credentials"]["sns_topic_arns"] = "env:HERALD_VENDOR_T_SES_TOPICS"
+    env = {
+        **ENV,
+        "HERALD_VENDOR_T_SES_CONFIG_SET": "events",
+        "HERALD_VENDOR_T_SES_TOPICS": "arn:aws:sns:x",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -214,7 +218,7 @@ def routing(moto_url: str) -> dict[str, Any]:
         "providers": {
             "ses": ses_spec(moto_url),
             "ses-down": ses_spec(closed_endpoint(), cost=0.00001),
-            "ses-unverified": ses_spec(moto_url, from_var="HERALD_T_SES_FROM_UNVERIFIED"),
+            "ses-unverified": ses_spec(moto_url, from_var="HERALD_VENDOR_T_SES_FROM_UNVERIFIED"),
         },
         "rules": [
             {

@@ -36,11 +36,11 @@ PATH = "/v1/webhooks/ses"
 DEFAULT_PREFIXES = webhook.EXTRA_TRUSTED_URL_PREFIXES
 OTHER_TOPIC = "arn:aws:sns:us-east-1:123456789012:someone-elses-topic"
 ENV = {
-    "HERALD_T_AWS_KEY": ACCESS_KEY_ID,
-    "HERALD_T_AWS_SECRET": SECRET_ACCESS_KEY,
-    "HERALD_T_AWS_REGION": REGION,
-    "HERALD_T_SES_FROM": SENDER,
-    "HERALD_T_SES_TOPICS": f"{TOPIC_ARN}, arn:aws:sns:eu-west-1:123456789012:spare",
+    "HERALD_VENDOR_T_AWS_KEY": ACCESS_KEY_ID,
+    "HERALD_VENDOR_T_AWS_SECRET": SECRET_ACCESS_KEY,
+    "HERALD_VENDOR_T_AWS_REGION": REGION,
+    "HERALD_VENDOR_T_SES_FROM": SENDER,
+    "HERALD_VENDOR_T_SES_TOPICS": f"{TOPIC_ARN}, arn:aws:sns:eu-west-1:123456789012:spare",
 }
 
 
@@ -159,11 +159,11 @@ def settings(moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> dict
     url = f"sqlite+aiosqlite:///{directory}/herald.db"
     in_thread(upgrade, url)
     credentials = {
-        "access_key_id": "env:HERALD_T_AWS_KEY",
-        "secret_access_key": "env:HERALD_T_AWS_SECRET",
-        "region": "env:HERALD_T_AWS_REGION",
-        "from": "env:HERALD_T_SES_FROM",
-        "sns_topic_arns": "env:HERALD_T_SES_TOPICS",
+        "access_key_id": "env:HERALD_VENDOR_T_AWS_KEY",
+        "secret_access_key": "env:HERALD_VENDOR_T_AWS_SECRET",
+        "region": "env:HERALD_VENDOR_T_AWS_REGION",
+        "from": "env:HERALD_VENDOR_T_SES_FROM",
+        "sns_topic_arns": "env:HERALD_VENDOR_T_SES_TOPICS",
     }
     routing = {
         "providers": {

@@ -170,17 +170,17 @@ def test_bad_endpoints_are_refused(spec: dict[str, Any]) -> None:
 
 @pytest.fixture
 def smtp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HERALD_TEST_SMTP_FROM", FROM)
-    monkeypatch.setenv("HERALD_TEST_SMTP_USER", USER)
-    monkeypatch.setenv("HERALD_TEST_SMTP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_FROM", FROM)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_USER", USER)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_PASSWORD", PASSWORD)
 
 
 def smtp_spec(endpoint: str, *, auth: bool = True) -> dict[str, Any]:
-    credentials = {"from": "env:HERALD_TEST_SMTP_FROM"}
+    credentials = {"from": "env:HERALD_VENDOR_TEST_SMTP_FROM"}
     if auth:
         credentials |= {
-            "username": "env:HERALD_TEST_SMTP_USER",
-            "password": "env:HERALD_TEST_SMTP_PASSWORD",
+            "username": "env:HERALD_VENDOR_TEST_SMTP_USER",
+            "password": "env:HERALD_VENDOR_TEST_SMTP_PASSWORD",
         }
     return {"type": "smtp", "channel": "email", "endpoint": endpoint, "credentials": credentials}
 
@@ -282,7 +282,7 @@ async def test_sender_refused_is_permanent_and_logged_as_a_setup_error(
 async def test_wrong_password_is_transient_and_logged_as_a_setup_error(
     relay: tuple[FakeSmtp, str], smtp_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HERALD_TEST_SMTP_PASSWORD", "wrong")
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_PASSWORD", "wrong")
     provider = SmtpProvider("smtp-test", Channel.EMAIL, smtp_spec(relay[1]), timeout_s=2)
     with structlog.testing.capture_logs() as logs:
         error = await failure(provider)
@@ -370,8 +370,8 @@ def test_missing_or_half_credentials_are_refused(monkeypatch: pytest.MonkeyPatch
     spec = smtp_spec("mx:25")
     with pytest.raises(MissingCredential):
         SmtpProvider("smtp-test", Channel.EMAIL, spec)  # nothing set
-    monkeypatch.setenv("HERALD_TEST_SMTP_FROM", FROM)
-    monkeypatch.setenv("HERALD_TEST_SMTP_USER", USER)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_FROM", FROM)
+    monkeypatch.setenv("HERALD_VENDOR_TEST_SMTP_USER", USER)
     spec["credentials"].pop("password")
     with pytest.raises(MissingCredential):
         SmtpProvider("smtp-test", Channel.EMAIL, spec)
@@ -450,9 +450,9 @@ pipeline = pytest.mark.integration
 @pytest.fixture(scope="module")
 def mail_env() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HERALD_TEST_SMTP_FROM", FROM)
-        patch.setenv("HERALD_TEST_SMTP_USER", USER)
-        patch.setenv("HERALD_TEST_SMTP_PASSWORD", PASSWORD)
+        patch.setenv("HERALD_VENDOR_TEST_SMTP_FROM", FROM)
+        patch.setenv("HERALD_VENDOR_TEST_SMTP_USER", USER)
+        patch.setenv("HERALD_VENDOR_TEST_SMTP_PASSWORD", PASSWORD)
         yield
 
 

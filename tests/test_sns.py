@@ -43,16 +43,16 @@ from tests.support.stack import Stack, running_stack, stack_settings
 
 TO = "+447911123456"
 ENV = {
-    "HERALD_T_AWS_KEY": ACCESS_KEY_ID,
-    "HERALD_T_AWS_SECRET": SECRET_ACCESS_KEY,
-    "HERALD_T_AWS_REGION": REGION,
-    "HERALD_T_SNS_SENDER": "Herald",
+    "HERALD_VENDOR_T_AWS_KEY": ACCESS_KEY_ID,
+    "HERALD_VENDOR_T_AWS_SECRET": SECRET_ACCESS_KEY,
+    "HERALD_VENDOR_T_AWS_REGION": REGION,
+    "HERALD_VENDOR_T_SNS_SENDER": "Herald",
 }
 CREDENTIALS = {
-    "access_key_id": "env:HERALD_T_AWS_KEY",
-    "secret_access_key": "env:HERALD_T_AWS_SECRET",
-    "region": "env:HERALD_T_AWS_REGION",
-    "sender_id": "env:HERALD_T_SNS_SENDER",
+    "access_key_id": "env:HERALD_VENDOR_T_AWS_KEY",
+    "secret_access_key": "env:HERALD_VENDOR_T_AWS_SECRET",
+    "region": "env:HERALD_VENDOR_T_AWS_REGION",
+    "sender_id": "env:HERALD_VENDOR_T_SNS_SENDER",
 }
 
 
@@ -257,7 +257,7 @@ async def test_a_missing_credential_is_a_permanent_config_error(
     with pytest.raises(PermanentProviderError) as caught:
         await provider.send(sms())
     assert caught.value.code == "misconfigured"
-    assert "HERALD_T_AWS_KEY" in str(caught.value)
+    assert "HERALD_VENDOR_T_AWS_KEY" in str(caught.value)
 
 
 async def test_a_body_over_ten_segments_never_reaches_sns(pool: ThreadPoolExecutor) -> None:

@@ -30,14 +30,14 @@ AUTH_TOKEN = "twilio-test-token"
 FROM = "+15005550006"
 TO = "+447911123123"
 ENV = {
-    "HERALD_T_TWILIO_SID": ACCOUNT_SID,
-    "HERALD_T_TWILIO_TOKEN": AUTH_TOKEN,
-    "HERALD_T_TWILIO_FROM": FROM,
+    "HERALD_VENDOR_T_TWILIO_SID": ACCOUNT_SID,
+    "HERALD_VENDOR_T_TWILIO_TOKEN": AUTH_TOKEN,
+    "HERALD_VENDOR_T_TWILIO_FROM": FROM,
 }
 CREDENTIALS = {
-    "account_sid": "env:HERALD_T_TWILIO_SID",
-    "auth_token": "env:HERALD_T_TWILIO_TOKEN",
-    "from": "env:HERALD_T_TWILIO_FROM",
+    "account_sid": "env:HERALD_VENDOR_T_TWILIO_SID",
+    "auth_token": "env:HERALD_VENDOR_T_TWILIO_TOKEN",
+    "from": "env:HERALD_VENDOR_T_TWILIO_FROM",
 }
 WEBHOOK_PATH = "/v1/webhooks/twilio/status"
 
@@ -110,7 +110,7 @@ async def test_one_sdk_client_per_provider_reused_for_every_send(
 async def test_status_callback_and_messaging_service_are_passed(
     endpoint: str, fake: FakeTwilio
 ) -> None:
-    env = {**ENV, "HERALD_T_TWILIO_FROM": "MG" + "a" * 32}
+    env = {**ENV, "HERALD_VENDOR_T_TWILIO_FROM": "MG" + "a" * 32}
     spec = twilio_spec(endpoint, status_callback="https://herald.example.com" + WEBHOOK_PATH)
     twilio = TwilioProvider("twilio", Channel.SMS, spec, env=env)
     try:
@@ -124,7 +124,10 @@ async def test_status_callback_and_messaging_service_are_passed(
 
 async def test_wrong_auth_token_is_a_permanent_config_error(endpoint: str) -> None:
     twilio = TwilioProvider(
-        "twilio", Channel.SMS, twilio_spec(endpoint), env={**ENV, "HERALD_T_TWILIO_TOKEN": "no"}
+        "twilio",
+        Channel.SMS,
+        twilio_spec(endpoint),
+        env={**ENV, "HERALD_VENDOR_T_TWILIO_TOKEN": "no"},
     )
     try:
         with pytest.raises(PermanentProviderError) as caught:

@@ -14,6 +14,7 @@ from ratelimit import RedisRateLimiter
 from router.health import BreakerBoard, breaker_config
 from router.source import RulesSource
 from router.store import RulesStore
+from router.validation import RulesPolicy
 from workers.claims import Claims
 from workers.consumer import Consumer
 from workers.delivery import Delivery, DeliveryContext
@@ -46,14 +47,16 @@ class Worker:
 async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     settings = resources.settings
     assert resources.amqp is not None and resources.publisher is not None
+    policy = RulesPolicy.from_settings(settings)
     providers = ProviderSet(
         ProviderDeps(
             sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep),
             redis=resources.redis,
+            policy=policy.vendor,
         )
     )
     rules = RulesSource(
-        RulesStore(resources.sessions, settings.routing_file),
+        RulesStore(resources.sessions, settings.routing_file, policy),
         resources.redis,
         poll_s=settings.rules_poll_s,
     )

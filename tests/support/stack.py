@@ -16,6 +16,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import yaml
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
@@ -66,12 +67,28 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         "limit_sms_country": {"rate": 100_000, "period_s": 1},
         "limit_sms_prefix": {"rate": 100_000, "period_s": 1},
     }
+    if "allowed_endpoints" not in overrides and overrides.get("routing_file"):
+        overrides = {**overrides, "allowed_endpoints": endpoints_in(overrides["routing_file"])}
     values.update(overrides)
     return values
 
 
+def endpoints_in(routing_file: str | Path) -> list[str]:
+    """The endpoints a test's routing file uses (its local fakes): what an operator
+    lists in HERALD_ALLOWED_ENDPOINTS for the rules they deploy. A test of the allow-list
+    itself passes ``allowed_endpoints`` explicitly."""
+    document = yaml.safe_load(Path(routing_file).read_text()) or {}
+    providers = (document.get("providers") or {}).values()
+    return sorted({str(p["endpoint"]) for p in providers if p.get("endpoint")})
+
+
 def as_env(values: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    """A child's environment: our settings, the vendor credentials, no other HERALD_*."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HERALD_") or k.startswith("HERALD_VENDOR_")
+    }
     for key, value in values.items():
         env[f"HERALD_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
