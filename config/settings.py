@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,12 +33,14 @@ def mask_url(url: str) -> str:
         password = parts.password
     except ValueError:  # not a URL we can read: show nothing of it
         return "***"
-    netloc = parts.netloc
+    masked = url
     if password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    query = "&".join(_mask_query_pair(pair) for pair in parts.query.split("&"))
-    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
+        userinfo, _, host = parts.netloc.rpartition("@")
+        masked = masked.replace(parts.netloc, f"{userinfo.partition(':')[0]}:***@{host}", 1)
+    if parts.query:
+        query = "&".join(_mask_query_pair(pair) for pair in parts.query.split("&"))
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
 
 
 def _mask_query_pair(pair: str) -> str:

@@ -59,7 +59,11 @@ async def list_dlq(
     )
     try:
         items, next_cursor = await list_dead_letters(
-            request.app.state.sessions, filters, limit=limit, cursor=cursor
+            request.app.state.sessions,
+            filters,
+            limit=limit,
+            cursor=cursor,
+            cursors=request.app.state.cursors,
         )
     except BadCursor:
         raise FieldError("cursor", "is not a cursor this API returned") from None
@@ -165,6 +169,7 @@ async def audit_log(
             since=since,
             until=until,
             cursor=cursor,
+            cursors=request.app.state.cursors,
         )
     except BadCursor:
         raise FieldError("cursor", "is not a cursor this API returned") from None

@@ -8,13 +8,15 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from dlq.queries import decode_cursor, encode_cursor
 from herald.domain import utcnow
 from herald.ids import new_id
+from herald.signing import CursorCodec
 from herald.storage.db import SessionFactory
 from herald.storage.models import AuditEntry, table_of
 
 AUDIT = table_of(AuditEntry)
+#: The list an audit cursor is signed for.
+CURSOR_KIND = "audit"
 
 
 async def record(
@@ -55,11 +57,12 @@ async def recent(
     since: datetime | None = None,
     until: datetime | None = None,
     cursor: str | None = None,
+    cursors: CursorCodec,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Entries newest first, one page at a time: the page and the cursor of the next one
     (``None`` on the last page). ``since`` is inclusive, ``until`` exclusive.
 
-    Raises ``BadCursor`` for a cursor this function did not return.
+    Raises ``BadCursor`` for a cursor ``cursors`` did not sign for the audit log.
     """
     query = select(AUDIT)
     for column, value in ((AUDIT.c.action, action), (AUDIT.c.actor, actor)):
@@ -70,7 +73,7 @@ async def recent(
     if until is not None:
         query = query.where(AUDIT.c.at < until)
     if cursor:
-        at, id_ = decode_cursor(cursor)
+        at, id_ = cursors.decode(CURSOR_KIND, cursor)
         query = query.where(or_(AUDIT.c.at < at, and_(AUDIT.c.at == at, AUDIT.c.id < id_)))
     query = query.order_by(AUDIT.c.at.desc(), AUDIT.c.id.desc()).limit(limit + 1)
     async with sessions() as session:
@@ -78,7 +81,7 @@ async def recent(
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].at, rows[-1].id)
+        next_cursor = cursors.encode(CURSOR_KIND, rows[-1].at, rows[-1].id)
     return [
         {
             "id": r.id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,12 +9,13 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from herald.logs import mask_address, mask_text
+from herald.signing import BadCursor as BadCursor  # re-exported for the list's callers
+from herald.signing import CursorCodec
 from herald.storage.db import SessionFactory
 from herald.storage.models import Attempt, DeadLetter
 
-
-class BadCursor(ValueError):
-    pass
+#: The list a dead-letter cursor is signed for.
+CURSOR_KIND = "dlq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,22 +29,8 @@ class DeadLetterFilter:
     since: datetime | None = None
     until: datetime | None = None
     state: str | None = "open"
-
-
-def encode_cursor(at: datetime, id_: str) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{id_}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, id_ = raw.partition("|")
-        parsed = datetime.fromisoformat(at)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadCursor(str(exc)) from None
-    if parsed.tzinfo is None:  # every cursor we hand out carries one
-        raise BadCursor("a cursor's time has a timezone")
-    return parsed, id_
+    #: Only rows a replay can act on (unreadable ones belong to no notification).
+    replayable: bool = False
 
 
 def item(row: DeadLetter) -> dict[str, Any]:
@@ -65,12 +51,21 @@ def item(row: DeadLetter) -> dict[str, Any]:
 
 
 async def list_dead_letters(
-    sessions: SessionFactory, f: DeadLetterFilter, *, limit: int, cursor: str | None
+    sessions: SessionFactory,
+    f: DeadLetterFilter,
+    *,
+    limit: int,
+    cursor: str | None,
+    cursors: CursorCodec,
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page, newest first, and the signed cursor of the next (``None`` on the last).
+
+    Raises ``BadCursor`` for a cursor ``cursors`` did not sign for this list.
+    """
     D = DeadLetter
     query = _filtered(select(D), f)
     if cursor:
-        at, id_ = decode_cursor(cursor)
+        at, id_ = cursors.decode(CURSOR_KIND, cursor)
         query = query.where(
             or_(D.dead_lettered_at < at, and_(D.dead_lettered_at == at, D.id < id_))
         )
@@ -80,7 +75,7 @@ async def list_dead_letters(
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].dead_lettered_at, rows[-1].id)
+        next_cursor = cursors.encode(CURSOR_KIND, rows[-1].dead_lettered_at, rows[-1].id)
     return [item(r) for r in rows], next_cursor
 
 
@@ -97,6 +92,8 @@ def _filtered(query: Any, f: DeadLetterFilter) -> Any:
     ):
         if value is not None:
             query = query.where(column == value)
+    if f.replayable:
+        query = query.where(D.notification_id.is_not(None))
     if f.since is not None:
         query = query.where(D.dead_lettered_at >= f.since)
     if f.until is not None:
@@ -129,6 +126,12 @@ async def oldest_after(
 def masked_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """What on-call may see: the address partly hidden, an OTP never."""
     shown = dict(payload)
+    if shown.get("unreadable"):  # raw bytes: mask every address found in the text
+        raw = dict(shown.get("raw") or {})
+        if isinstance(raw.get("text"), str):
+            raw["text"] = mask_text(raw["text"])
+        shown["raw"] = raw
+        return shown
     if shown.get("to"):
         shown["to"] = mask_address(str(shown["to"]))
     if shown.get("category") == "otp":

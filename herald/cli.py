@@ -69,12 +69,26 @@ def dev(migrate: bool = True) -> None:
     _run(run_dev(settings))
 
 
+def _production_settings() -> Settings:
+    """The settings of ``herald api`` or ``worker``: refused with one line on stderr (no
+    traceback) and exit status 78 when a secret is the default, short or missing."""
+    from herald.service import EX_CONFIG, StartupRefused, refuse_insecure_start
+
+    settings = _settings()
+    try:
+        refuse_insecure_start(settings)
+    except StartupRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EX_CONFIG) from None
+    return settings
+
+
 @app.command()
 def api() -> None:
     """The send API with its outbox relay."""
     from herald.service import run_api
 
-    _run(run_api(_settings()))
+    _run(run_api(_production_settings()))
 
 
 @app.command()
@@ -87,7 +101,7 @@ def worker(
     """A stateless delivery worker."""
     from herald.service import run_worker
 
-    _run(run_worker(_settings(), queues, ingest=ingest))
+    _run(run_worker(_production_settings(), queues, ingest=ingest))
 
 
 @keys_app.command("create")
@@ -117,6 +131,72 @@ def keys_create(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scopes") from None
     typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id, or its name if only one has it.")],
+) -> None:
+    """Revoke an API key: every running process refuses it at once (it is broadcast on
+    Redis), and within HERALD_API_KEY_CACHE_S seconds if that broadcast is missed."""
+    from herald.resources import make_redis
+    from herald.storage.db import make_engine, make_session_factory
+    from producer.auth import AmbiguousKey, KeyNotFound, KeyStore, Revoked
+
+    settings = _settings()
+
+    async def revoke() -> tuple[Revoked, bool]:
+        engine = make_engine(settings.database_url, wait_s=settings.database_wait_s)
+        redis = make_redis(settings)
+        try:
+            revoked = await KeyStore(make_session_factory(engine)).revoke(key)
+            return revoked, await KeyStore.announce_revoked(redis, revoked.id)
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    try:
+        revoked, told = asyncio.run(revoke())
+    except (KeyNotFound, AmbiguousKey) as exc:
+        typer.echo(f"herald: {exc}", err=True)
+        raise typer.Exit(1) from None
+    state = "was already revoked" if revoked.already else "revoked"
+    typer.echo(f"{revoked.id} ({revoked.name}) {state}")
+    if not told:
+        typer.echo(
+            f"warning: Redis is unreachable: running processes refuse the key within "
+            f"{settings.api_key_cache_s:g} s, as their caches expire",
+            err=True,
+        )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every API key (never the key itself): id, name, scopes, created, revoked."""
+    from sqlalchemy import select
+
+    from herald.storage.db import make_engine
+    from herald.storage.models import ApiKey
+
+    settings = _settings()
+
+    async def rows() -> list[Any]:
+        engine = make_engine(settings.database_url, wait_s=settings.database_wait_s)
+        try:
+            async with engine.connect() as conn:
+                query = select(
+                    ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.created_at, ApiKey.revoked_at
+                ).order_by(ApiKey.created_at)
+                return list(await conn.execute(query))
+        finally:
+            await engine.dispose()
+
+    for row in asyncio.run(rows()):
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        typer.echo(
+            f"{row.id}  {row.name:<24} {','.join(row.scopes):<32} "
+            f"{row.created_at:%Y-%m-%d %H:%M}  {revoked}"
+        )
 
 
 @config_app.command("show")

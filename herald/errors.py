@@ -35,3 +35,7 @@ class PermanentProviderError(ProviderError):
 
 class NoRouteError(HeraldError):
     """No provider is configured for this message."""
+
+
+class StartupRefused(HeraldError):
+    """Settings a production process must not run with; the message says what to set."""

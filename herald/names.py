@@ -54,6 +54,13 @@ def latency_key(provider: str) -> str:
 
 
 ROUTING_CHANGED_CHANNEL = f"{REDIS_PREFIX}routing:changed"
+#: A revoked API key's id is published here: every process drops it from its cache.
+KEYS_REVOKED_CHANNEL = f"{REDIS_PREFIX}keys:revoked"
+
+
+def console_session_key(nonce_hash: str) -> str:
+    """A live console session (SHA-256 of its nonce, never the nonce): deleted at sign-out."""
+    return f"{REDIS_PREFIX}console:session:{nonce_hash}"
 
 
 def sandbox_config_key() -> str:

@@ -19,6 +19,7 @@ import uvicorn
 from config.settings import Settings
 from dlq.ingester import DeadLetterIngester
 from herald import names
+from herald.errors import StartupRefused
 from herald.logs import get_logger
 from herald.monitor import QueueDepthMonitor
 from herald.readiness import Check
@@ -29,6 +30,16 @@ from workers.probes import probe_app
 from workers.runtime import Worker, build_worker
 
 log = get_logger(__name__)
+
+#: The exit status of a process refused for its settings (sysexits' EX_CONFIG).
+EX_CONFIG = 78
+
+
+def refuse_insecure_start(settings: Settings) -> None:
+    """Outside ``herald dev``, refuse default or short secrets before anything starts."""
+    problems = settings.insecure_secrets()
+    if problems:
+        raise StartupRefused("herald: refusing to start: " + "; ".join(problems))
 
 
 class _QuietServer(uvicorn.Server):
@@ -55,11 +66,15 @@ def _api_server(settings: Settings, *, run_relay: bool = True) -> _QuietServer:
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
+        # Forwarded headers are believed only from HERALD_TRUSTED_PROXIES, by our own code
+        # (producer/forwarded.py); uvicorn's would trust any local client.
+        proxy_headers=False,
     )
     return _QuietServer(config)
 
 
 async def run_api(settings: Settings) -> None:
+    refuse_insecure_start(settings)
     stop = _stop_event()
     server = _api_server(settings)
     serving = asyncio.create_task(server.serve())
@@ -123,6 +138,7 @@ class WorkerParts:
 async def run_worker(
     settings: Settings, queues: Iterable[str] | None, *, ingest: bool = True
 ) -> None:
+    refuse_insecure_start(settings)
     stop = _stop_event()
     resources = await Resources.open(settings, name="herald-worker")
     parts = await WorkerParts.start(

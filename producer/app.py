@@ -23,7 +23,7 @@ from herald.logs import get_logger
 from herald.monitor import QueueDepthMonitor
 from herald.resources import Resources
 from producer.accept import AcceptService
-from producer.auth import KeyStore
+from producer.auth import AuthThrottle, KeyStore
 from producer.limits import BodySizeLimit
 from producer.otp import OtpStore
 from producer.outbox import Outbox
@@ -34,7 +34,7 @@ from producer.problems import (
     on_validation_error,
     problem_response,
 )
-from producer.ratelimits import SpendGuard
+from producer.ratelimits import SpendGuard, limit_of
 from producer.receipts import ReceiptRecorder
 from producer.routes_health import router as health_router
 from producer.routes_notifications import router as notifications_router
@@ -94,7 +94,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         assert resources.publisher is not None
         outbox = Outbox(resources.sessions, resources.publisher, settings)
         outbox.start(relay=run_relay)
-        keys = KeyStore(resources.sessions)
+        keys = KeyStore(resources.sessions, cache_s=settings.api_key_cache_s)
+        keys.listen(resources.redis)
         if settings.bootstrap_api_key is not None:
             await keys.ensure(
                 BOOTSTRAP_KEY_NAME, settings.bootstrap_api_key.get_secret_value(), ["admin"]
@@ -111,6 +112,11 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.redis = resources.redis
         state.publisher = resources.publisher
         state.keys = keys
+        state.auth_throttle = AuthThrottle(
+            RedisRateLimiter(resources.redis),
+            per_client=limit_of(settings.limit_auth_failures_client),
+            overall=limit_of(settings.limit_auth_failures_global),
+        )
         state.outbox = outbox
         state.accept = AcceptService(resources.sessions, resources.redis, outbox, settings)
         state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
@@ -144,6 +150,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         finally:
             await state.bulk_replayer.stop()
             await rules_source.stop()
+            await keys.stop()
             await outbox.stop()
             await resources.close()
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from producer.auth import KeyStore, Principal
+from producer.auth import AuthThrottle, AuthThrottled, KeyStore, Principal, check_key
+from producer.forwarded import client_address, throttle_subject
 from producer.problems import Problem
+
+
+def auth_subject(request: Request) -> str:
+    """What a failed key from this request counts against: the client's address."""
+    return throttle_subject(client_address(request))
 
 
 async def current_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    if scheme.lower() != "bearer" or not key.strip():
         raise Problem(
             401,
             "Unauthorized",
@@ -21,7 +28,18 @@ async def current_principal(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     keys: KeyStore = request.app.state.keys
-    principal = await keys.authenticate(key.strip())
+    throttle: AuthThrottle = request.app.state.auth_throttle
+    try:
+        principal = await check_key(keys, throttle, key.strip(), auth_subject(request))
+    except AuthThrottled as exc:
+        raise Problem(
+            429,
+            "Too many requests",
+            f"too many failed API keys from this address; retry after "
+            f"{math.ceil(exc.retry_after_s)} s",
+            errors=[{"field": "authorization", "message": "failed-key limit reached"}],
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        ) from None
     if principal is None:
         raise Problem(
             401,

@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import insert
 
 from dlq.audit import AUDIT
-from dlq.queries import encode_cursor
 from herald.ids import new_id
+from herald.signing import CursorCodec
 from tests.support.stack import Stack, running_stack, stack_settings
+from tests.test_dlq_api import unsigned_cursor
 
 pytestmark = pytest.mark.integration
 
@@ -129,8 +130,13 @@ async def test_a_cursor_it_did_not_return_is_a_422_naming_cursor(
     logged: tuple[Stack, list[dict[str, Any]]],
 ) -> None:
     stack, _ = logged
-    naive_time = encode_cursor(datetime(2026, 3, 1, 12, 0), new_id())
-    for bad in ("!!!", "bm9wZQ", "not-a-cursor", naive_time):
+    naive_time = unsigned_cursor(datetime(2026, 3, 1, 12, 0), new_id())
+    crafted = unsigned_cursor(datetime(2100, 1, 1, tzinfo=UTC), new_id())
+    real = (await stack.client.get("/v1/audit", params={"limit": 1})).json()["next_cursor"]
+    assert real is not None
+    tampered = real[:-2] + ("AA" if real[-2:] != "AA" else "BB")
+    foreign = CursorCodec(b"another-secret" * 3).encode("audit", BASE, new_id())
+    for bad in ("!!!", "bm9wZQ", "not-a-cursor", naive_time, crafted, tampered, foreign):
         response = await stack.client.get("/v1/audit", params={"cursor": bad})
         assert response.status_code == 422, (bad, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -420,14 +420,35 @@ async def test_sends_per_minute_buckets_attempts_by_minute(database_url: str) ->
 
 
 async def test_signing_out_ends_the_session(console: Console) -> None:
+    """The attack: copy the session cookie, let its owner sign out, then reuse the copy.
+    The server forgot the session at sign-out, so the copy gets the sign-in page (pages
+    and forms alike) and changes nothing."""
     async with signed_in(console.url) as client:
-        page = await client.get("/console")
-        response = await client.post("/console/logout", data={"csrf_token": csrf_of(page.text)})
+        page = await client.get("/console/dead-letters")
+        copied = client.cookies["herald_console"]
+        token = csrf_of(page.text)
+        response = await client.post("/console/logout", data={"csrf_token": token})
         assert response.status_code == 303
         assert 'herald_console=""' in response.headers["set-cookie"]
         after = await client.get("/console")
         assert after.status_code == 303
         assert after.headers["location"].startswith("/console/login")
+    dead = await dead_letter_id(console, 0)
+    async with httpx.AsyncClient(base_url=console.url) as thief:
+        thief.cookies.set("herald_console", copied, path="/console")
+        for path in ("/console", "/console/dead-letters", f"/console/dead-letters/{dead}"):
+            reused = await thief.get(path)
+            assert reused.status_code == 303, path
+            assert reused.headers["location"].startswith("/console/login")
+        replay = await thief.post(
+            f"/console/dead-letters/{dead}/replay", data={"csrf_token": token}
+        )
+        assert replay.status_code == 303
+        assert replay.headers["location"].startswith("/console/login")
+    assert await state_of(console, 0) == "open"
+    # Another session of the same key is not affected by this one's sign-out.
+    async with signed_in(console.url) as other:
+        assert (await other.get("/console")).status_code == 200
 
 
 async def test_on_call_drains_a_provider_from_the_overview(console: Console) -> None:

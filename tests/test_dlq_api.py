@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
 from dlq.ingester import DeadLetterIngester
-from dlq.queries import encode_cursor
 from herald.domain import Category, Channel, Envelope, Priority
+from herald.signing import CursorCodec
 from herald.storage.models import DeadLetter
 from producer.auth import KeyStore
 from tests.support.stack import Stack, running_stack, stack_settings
@@ -109,11 +110,41 @@ async def test_bad_filters_and_scopes(dlq: Stack) -> None:
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "reason"
     bad = await dlq.client.get("/v1/dlq", params={"cursor": "!!!"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor"
-    naive = encode_cursor(datetime(2026, 1, 1), "x")  # well-formed, but no timezone
-    crafted = await dlq.client.get("/v1/dlq", params={"cursor": naive})
-    assert crafted.status_code == 422 and crafted.json()["errors"][0]["field"] == "cursor"
     bad = await dlq.client.get("/v1/dlq", params={"since": "2026-01-01T00:00:00"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "since"
     sender = await KeyStore(dlq.sessions).create("sender-only", ["send"])
     forbidden = await dlq.client.get("/v1/dlq", headers={"Authorization": f"Bearer {sender}"})
     assert forbidden.status_code == 403
+
+
+def unsigned_cursor(at: datetime, id_: str) -> str:
+    """The cursor format before cursors were signed: base64 of ``time|id``."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{id_}".encode()).decode().rstrip("=")
+
+
+async def test_a_crafted_or_tampered_cursor_is_a_422_naming_cursor(dlq: Stack) -> None:
+    """The attack: skip to any position by crafting a cursor (or editing a real one, or
+    bringing one made for another list or under another secret). All are refused, with
+    no items in the answer."""
+    first = (await dlq.client.get("/v1/dlq", params={"limit": 2})).json()
+    real = first["next_cursor"]
+    assert real is not None
+    far_future = datetime(2100, 1, 1, tzinfo=UTC)
+    tampered = real[:-1] + ("A" if real[-1] != "A" else "B")
+    crafted = [
+        unsigned_cursor(far_future, "z" * 36),
+        unsigned_cursor(datetime(2026, 1, 1), "x"),  # well-formed, but no timezone
+        tampered,
+        CursorCodec(b"x" * 32).encode("dlq", far_future, "z" * 36),  # another secret
+        CursorCodec.for_settings(dlq.settings).encode("audit", far_future, "z"),  # other list
+        "A" * 4000,
+    ]
+    for cursor in crafted:
+        response = await dlq.client.get("/v1/dlq", params={"cursor": cursor})
+        assert response.status_code == 422, (cursor, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        body = response.json()
+        assert body["errors"][0]["field"] == "cursor"
+        assert "items" not in body
+    following = await dlq.client.get("/v1/dlq", params={"limit": 2, "cursor": real})
+    assert following.status_code == 200 and len(following.json()["items"]) == 2

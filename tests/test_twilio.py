@@ -467,10 +467,15 @@ async def test_bad_or_missing_signature_is_403_and_changes_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("trusted", [False, True], ids=["any-client", "trusted-proxy"])
 async def test_forwarded_proto_and_host_name_the_url_twilio_signed(
-    values: dict[str, Any],
+    values: dict[str, Any], trusted: bool
 ) -> None:
-    async with running_stack(values) as stack:
+    """From a trusted proxy, X-Forwarded-Proto/-Host name the URL Twilio signed. From any
+    other client (the attack: replaying a signature made for another host's URL) they are
+    ignored, so the signature does not match this server's URL: 403, nothing changes."""
+    proxies = ["127.0.0.1"] if trusted else []
+    async with running_stack({**values, "trusted_proxies": proxies}) as stack:
         nid, sid = await sent_message(stack, "+447911123208")
         params = callback(sid, "delivered")
         public = "https://herald.example.com" + WEBHOOK_PATH
@@ -480,8 +485,12 @@ async def test_forwarded_proto_and_host_name_the_url_twilio_signed(
             **signed(public, params),
             **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "herald.example.com"},
         )
-        assert response.status_code == 200, response.text
-        assert (await stack.notification(nid))["status"] == "delivered"
+        if trusted:
+            assert response.status_code == 200, response.text
+            assert (await stack.notification(nid))["status"] == "delivered"
+        else:
+            assert response.status_code == 403, response.text
+            assert (await stack.notification(nid))["status"] == "sent"
 
 
 @pytest.mark.integration

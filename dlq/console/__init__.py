@@ -11,8 +11,9 @@ from fastapi.staticfiles import StaticFiles
 
 from config.settings import Settings
 from dlq.console import audit_page, dead_letters, home, providers, routing, signin
-from dlq.console.session import SessionCodec, console_secret
+from dlq.console.session import SessionCodec
 from dlq.console.web import ConsoleRefused, SignInRequired, go, render, sign_in_url
+from herald.signing import CursorCodec, console_key
 
 STATIC = Path(__file__).parent / "static"
 
@@ -28,12 +29,13 @@ async def _on_refused(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Mount the console's pages and static files on the API's app."""
-    secret = settings.console_secret.get_secret_value() if settings.console_secret else None
+    """Mount the console's pages and static files on the API's app, with the keys that
+    sign what clients bring back: session cookies and (for the API too) paging cursors."""
+    key = console_key(settings)
     app.state.console_codec = SessionCodec(
-        console_secret(secret, settings.otp_secret.get_secret_value()),
-        max_age_s=int(settings.console_session_hours * 3600),
+        key, max_age_s=int(settings.console_session_hours * 3600)
     )
+    app.state.cursors = CursorCodec(key)
     app.add_exception_handler(SignInRequired, _on_sign_in_required)
     app.add_exception_handler(ConsoleRefused, _on_refused)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")

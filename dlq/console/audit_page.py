@@ -32,7 +32,11 @@ async def audit_page(
     cursor = request.query_params.get("cursor") or None
     try:
         entries, next_cursor = await recent(
-            request.app.state.sessions, limit=PAGE, action=action, cursor=cursor
+            request.app.state.sessions,
+            limit=PAGE,
+            action=action,
+            cursor=cursor,
+            cursors=request.app.state.cursors,
         )
     except BadCursor:
         raise ConsoleRefused(422, "That page link is not one this console made.") from None

@@ -46,7 +46,11 @@ async def dead_letter_list(request: Request, seen: Reader) -> HTMLResponse:
     cursor = request.query_params.get("cursor") or None
     try:
         items, next_cursor = await list_dead_letters(
-            request.app.state.sessions, form.to_filter(), limit=PAGE, cursor=cursor
+            request.app.state.sessions,
+            form.to_filter(),
+            limit=PAGE,
+            cursor=cursor,
+            cursors=request.app.state.cursors,
         )
     except BadCursor:
         items, next_cursor = [], None

@@ -4,16 +4,28 @@ SameSite=Strict, Secure over HTTPS) holding only the key's id."""
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from dlq.console.session import COOKIE, LOGIN_COOKIE
-from dlq.console.web import Viewer, checked_form, codec, go, render, safe_next, viewer
+from dlq.console.session import COOKIE, LOGIN_COOKIE, SessionsUnavailable
+from dlq.console.web import (
+    ConsoleRefused,
+    Viewer,
+    checked_form,
+    codec,
+    go,
+    render,
+    safe_next,
+    session_store,
+    viewer,
+)
 from herald.logs import get_logger
-from producer.auth import KeyStore
+from producer.auth import AuthThrottled, check_key
+from producer.deps import auth_subject
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/console")
@@ -68,8 +80,26 @@ async def sign_in(
         return _login_page(
             request, next_path, error="The sign-in form expired; try again.", status=403
         )
-    keys: KeyStore = request.app.state.keys
-    principal = await keys.authenticate(api_key.strip()) if api_key.strip() else None
+    key = api_key.strip()
+    try:
+        principal = (
+            await check_key(
+                request.app.state.keys, request.app.state.auth_throttle, key, auth_subject(request)
+            )
+            if key
+            else None
+        )
+    except AuthThrottled as exc:
+        wait = max(1, math.ceil(exc.retry_after_s))
+        log.info("console_sign_in_throttled")
+        page = _login_page(
+            request,
+            next_path,
+            error=f"Too many failed sign-ins from your address; try again in {wait} s.",
+            status=429,
+        )
+        page.headers["Retry-After"] = str(wait)
+        return page
     if principal is None:
         log.info("console_sign_in_refused")
         return _login_page(request, next_path, error="Unknown or revoked API key.", status=401)
@@ -80,10 +110,16 @@ async def sign_in(
             error="This key has none of the scopes the console needs (dlq:read, routing:read).",
             status=403,
         )
+    try:
+        session = await session_store(request).start(principal.id)
+    except SessionsUnavailable:
+        return _login_page(
+            request, next_path, error="Sign-in is unavailable right now; try again.", status=503
+        )
     log.info("console_signed_in", key_name=principal.name)
     response = go(request, next_path)
     max_age = codec(request).max_age_s
-    _set_cookie(request, response, COOKIE, codec(request).issue(principal.id), max_age)
+    _set_cookie(request, response, COOKIE, codec(request).issue(session), max_age)
     response.delete_cookie(LOGIN_COOKIE, path="/console")
     return response
 
@@ -91,6 +127,11 @@ async def sign_in(
 @router.post("/logout", include_in_schema=False)
 async def sign_out(request: Request, seen: Annotated[Viewer, Depends(viewer)]) -> Response:
     await checked_form(request, seen)
+    try:
+        await session_store(request).end(seen.session)  # the cookie is dead from now on
+    except SessionsUnavailable:
+        raise ConsoleRefused(503, "Signing out is unavailable right now; try again.") from None
+    log.info("console_signed_out", key_name=seen.principal.name)
     response = go(request, "/console/login")
     response.delete_cookie(COOKIE, path="/console")
     return response

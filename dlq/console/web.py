@@ -14,7 +14,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from dlq.console.session import COOKIE, CSRF_FIELD, CSRF_HEADER, ConsoleSession, SessionCodec
+from dlq.console.session import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    ConsoleSession,
+    SessionCodec,
+    SessionStore,
+    SessionsUnavailable,
+)
 from producer.auth import KeyStore, Principal
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -61,11 +69,28 @@ def codec(request: Request) -> SessionCodec:
     return found
 
 
+def session_store(request: Request) -> SessionStore:
+    return SessionStore(request.app.state.redis, ttl_s=codec(request).max_age_s)
+
+
+async def live(request: Request, session: ConsoleSession) -> bool:
+    """Whether the session is still on record (not signed out); 503 when Redis cannot say."""
+    try:
+        return await session_store(request).active(session)
+    except SessionsUnavailable:
+        raise ConsoleRefused(
+            503, "The console cannot check sign-ins right now (Redis is unreachable)."
+        ) from None
+
+
 async def viewer(request: Request) -> Viewer:
-    """The signed-in key, looked up afresh (a revoked key is signed out at once)."""
+    """The signed-in key, looked up afresh (a revoked key or an ended session is signed
+    out at once)."""
     session = codec(request).read(request.cookies.get(COOKIE))
     keys: KeyStore = request.app.state.keys
-    principal = await keys.by_id(session.key_id) if session else None
+    principal = None
+    if session is not None and await live(request, session):
+        principal = await keys.by_id(session.key_id)
     if session is None or principal is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequired(path)

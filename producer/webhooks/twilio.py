@@ -7,9 +7,9 @@ it with the SDK's ``RequestValidator`` against every Twilio provider of the curr
 rules whose account SID matches, so a forged receipt changes nothing (``403``).
 
 Behind a TLS-terminating proxy the URL we see is not the one Twilio called:
-``X-Forwarded-Proto`` and ``X-Forwarded-Host`` name the public one. Trusting them gives
-nothing away: a signature still needs the auth token, and only matches the URL it was
-made for.
+``X-Forwarded-Proto`` and ``X-Forwarded-Host`` name the public one. They are believed
+only from ``HERALD_TRUSTED_PROXIES`` (producer/forwarded.py): from anyone else they would
+let a caller replay a signature made for another host's URL.
 
 Receipts for unknown or already-final messages get ``200`` and change nothing, so
 Twilio never retries them; interim statuses (queued, sending, sent) are ignored.
@@ -26,6 +26,7 @@ from starlette.datastructures import ImmutableMultiDict
 from twilio.request_validator import RequestValidator
 
 from herald.logs import get_logger
+from producer.forwarded import public_origin
 from producer.problems import Problem
 from producer.receipts import ReceiptRecorder, ReceiptResult
 from providers.credentials import MissingCredential, resolve_credentials
@@ -65,19 +66,11 @@ def twilio_accounts(rules: RoutingRules) -> list[TwilioAccount]:
 
 
 def public_url(request: Request) -> str:
-    """The URL Twilio called, as it signed it: the proxy's scheme and host if forwarded."""
-    headers = request.headers
-    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
-    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or request.url.netloc
+    """The URL Twilio called, as it signed it: a trusted proxy's scheme and host if
+    forwarded, else the ones this server saw."""
+    scheme, host = public_origin(request)
     query = f"?{request.url.query}" if request.url.query else ""
     return f"{scheme}://{host}{request.url.path}{query}"
-
-
-def _first(value: str | None) -> str | None:
-    """First entry of a forwarded header a chain of proxies may have extended."""
-    if not value:
-        return None
-    return value.split(",")[0].strip() or None
 
 
 def signed_by(
