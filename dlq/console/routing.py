@@ -121,6 +121,12 @@ async def save(request: Request, seen: Writer) -> Response:
     form = await checked_form(request, seen)
     text = str(form.get("document") or "")
     document, issues = await checked_draft(request, text)
+    if document is not None:  # the privilege first, as the API: 403 before any 422
+        try:
+            current = await _store(request).current()
+            check_privilege(current.document, document, admin=seen.can("admin"))
+        except NeedsAdmin as exc:
+            return await _page(request, seen, draft=text, status=403, error=_admin_only(exc))
     if any(i.severity == "error" for i in issues):
         return await _page(request, seen, draft=text, issues=issues, status=422)
     editor: RulesEditor = request.app.state.rules_editor
