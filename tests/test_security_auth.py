@@ -5,7 +5,11 @@ console sign-ins, a spoofed client address, and a revoked key that keeps working
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,12 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import select
 
 from config.settings import DEV_OTP_SECRET, Settings
 from herald.signing import console_key
 from herald.storage.models import ApiKey
 from producer.auth import KeyStore
+from producer.forwarded import throttle_subject, trusted
 from tests.support.console import csrf_of
 from tests.support.stack import ADMIN_KEY, Stack, as_env, free_port, running_stack, stack_settings
 from tests.test_cli import herald
@@ -86,6 +92,35 @@ def test_dev_mode_needs_no_secrets_and_derives_the_console_key() -> None:
     assert dev.insecure_secrets() == []
     assert len(console_key(dev)) == 32
     assert Settings(otp_secret=LONG, console_secret="c" + LONG).insecure_secrets() == []
+
+
+COMPOSE_FILE = Path(__file__).parents[1] / "docker-compose.yml"
+COMPOSE_SECRETS = ("HERALD_BOOTSTRAP_API_KEY", "HERALD_OTP_SECRET", "HERALD_CONSOLE_SECRET")
+
+
+def test_docker_compose_requires_the_key_and_secrets_and_ships_no_default() -> None:
+    """The published API must not come up with ``dev-admin-key`` or a known secret."""
+    environment = yaml.safe_load(COMPOSE_FILE.read_text())["x-herald-env"]
+    for name in COMPOSE_SECRETS:
+        assert environment[name].startswith(f"${{{name}:?"), environment[name]
+    assert "dev-admin-key" not in COMPOSE_FILE.read_text()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="no docker-compose here")
+def test_docker_compose_config_fails_without_the_secrets() -> None:
+    def config(**values: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+        return subprocess.run(
+            ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+            env={**env, **values},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = config()
+    assert missing.returncode != 0 and "HERALD_BOOTSTRAP_API_KEY" in missing.stderr
+    assert config(**{name: "x" * 40 for name in COMPOSE_SECRETS}).returncode == 0
 
 
 # Finding 12: `herald config show` masks passwords in query parameters ----------------
@@ -311,3 +346,25 @@ async def test_keys_revoke_by_an_ambiguous_or_unknown_name_changes_nothing(
         assert code == 1 and "no key" in err
         assert await api_key_answers(stack, first) == 200
         assert await api_key_answers(stack, second) == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "subject"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),  # one subscriber's /64 is one client
+        ("2001:db8:1:2:bbbb::2", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("", "unknown"),
+    ],
+)
+def test_failed_keys_count_per_address_and_per_ipv6_64(address: str, subject: str) -> None:
+    assert throttle_subject(address) == subject
+
+
+def test_only_listed_proxies_are_trusted() -> None:
+    proxies = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    assert trusted("10.1.2.3", proxies) and trusted("::1", proxies)
+    assert not trusted("11.0.0.1", proxies)
+    assert not trusted("not-an-ip", proxies)
+    assert not trusted("10.1.2.3", [])  # the default: nobody

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from config.settings import DEFAULT_ROUTING_FILE, BackoffPolicy, Settings, mask_url
+from config.settings import DEFAULT_ROUTING_FILE, BackoffPolicy, Settings, _masked, mask_url
 
 SECRETS = ("s3cret", "amqp-pw", "redis-pw", "otp-hmac-key", "bootstrap-admin-key")
 
@@ -134,10 +134,60 @@ def test_masked_leaves_an_unset_bootstrap_key_as_none() -> None:
         ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
         ("postgresql://u@h/d", "postgresql://u@h/d"),
         ("sqlite+aiosqlite:///./herald.db", "sqlite+aiosqlite:///./herald.db"),
+        ("amqp://h/?password=pw&heartbeat=30", "amqp://h/?password=***&heartbeat=30"),
+        ("redis://h/0?password=pw", "redis://h/0?password=***"),
+        ("postgresql://u:pw@h/d?sslpassword=pw2&x=1", "postgresql://u:***@h/d?sslpassword=***&x=1"),
+        ("redis://h/0?Auth_Token=pw", "redis://h/0?Auth_Token=***"),
+        ("redis://h/0?pass%77ord=pw", "redis://h/0?pass%77ord=***"),  # %77 is "w"
+        ("sqlite:///x.db?mode=ro", "sqlite:///x.db?mode=ro"),
+        ("postgresql://u:p@ss@h/d", "postgresql://u:***@h/d"),
+        ("http://[::1", "***"),  # unreadable: hidden whole
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+def test_masked_hides_settings_whose_name_looks_secret_and_urls_anywhere() -> None:
+    """A setting added later (a vendor token as a plain string, a URL in a list) is
+    masked by its name or its shape, not by someone remembering to use SecretStr."""
+    shown = Settings(console_secret="c" * 40).masked()
+    assert shown["console_secret"] == "***"
+    masked = _masked("vendor_auth_token", "tok-s3cret")
+    assert masked == "***"
+    assert _masked("endpoints", ["https://u:s3cret@h/x?token=t0k"]) == [
+        "https://u:***@h/x?token=***"
+    ]
+    assert _masked("limit_api_key", {"rate": 5}) == {"rate": 5}  # policies stay readable
+
+
+# Secrets a production process needs --------------------------------------------------
+
+STRONG = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_production_process_needs_strong_distinct_secrets() -> None:
+    assert len(Settings().insecure_secrets()) == 2  # the default OTP secret, no console one
+    ok = Settings(otp_secret="o" + STRONG, console_secret="c" + STRONG)
+    assert ok.insecure_secrets() == []
+    short = Settings(otp_secret="o" * 31, console_secret="c" + STRONG).insecure_secrets()
+    assert ["HERALD_OTP_SECRET" in p for p in short] == [True]
+    same = Settings(otp_secret=STRONG, console_secret=STRONG).insecure_secrets()
+    assert ["HERALD_CONSOLE_SECRET" in p for p in same] == [True]
+    dev_key = Settings(
+        otp_secret="o" + STRONG, console_secret="c" + STRONG, bootstrap_api_key="dev-admin-key"
+    )
+    assert ["HERALD_BOOTSTRAP_API_KEY" in p for p in dev_key.insecure_secrets()] == [True]
+    assert Settings(dev_mode=True, bootstrap_api_key="dev-admin-key").insecure_secrets() == []
+
+
+def test_trusted_proxies_are_parsed_and_bad_ones_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_TRUSTED_PROXIES", '["10.0.0.1", "fd00::/8"]')
+    assert [str(n) for n in Settings().trusted_proxies] == ["10.0.0.1/32", "fd00::/8"]
+    monkeypatch.setenv("HERALD_TRUSTED_PROXIES", '["proxy.internal"]')
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert info.value.errors()[0]["loc"][0] == "trusted_proxies"
 
 
 # Backoff per category ---------------------------------------------------------------
