@@ -75,6 +75,27 @@ def sandbox_by_notification_key(notification_id: str) -> str:
     return f"{REDIS_PREFIX}sandbox:sent:{notification_id}"
 
 
+def sandbox_by_recipient_key(recipient: str) -> str:
+    """What the sandbox sent to one recipient (a hash of it: keys never hold the number)."""
+    return f"{REDIS_PREFIX}sandbox:to:{recipient}"
+
+
+def sandbox_by_caller_key(caller: str) -> str:
+    return f"{REDIS_PREFIX}sandbox:caller:{caller}"
+
+
+def sandbox_otp_text_key(ref: str) -> str:
+    """An OTP's text as the sandbox received it, kept only until the OTP expires."""
+    return f"{REDIS_PREFIX}sandbox:otp-text:{ref}"
+
+
+def sandbox_message_patterns() -> tuple[str, ...]:
+    """SCAN patterns for every key of what the sandbox sent (not its behaviour)."""
+    return tuple(
+        f"{REDIS_PREFIX}sandbox:{kind}:*" for kind in ("sent", "to", "caller", "otp-text")
+    )
+
+
 def ratelimit_key(key: str) -> str:
     """One GCRA bucket (its theoretical arrival time); ``key`` names the policy and subject."""
     return f"{REDIS_PREFIX}rl:{key}"

@@ -26,6 +26,7 @@ from herald.readiness import Check
 from herald.resources import Resources
 from herald.storage.probe import probe_write, process_name
 from producer.app import create_app
+from providers.sandbox import warn_if_sandbox_routed
 from workers.probes import probe_app
 from workers.runtime import Worker, build_worker
 
@@ -148,6 +149,7 @@ async def run_worker(
     # Start-up objects (SDKs, models, the app) never die: keep them out of every
     # collection, so full GC passes stay short and the loop stays responsive.
     gc.freeze()
+    warn_if_sandbox_routed(parts.worker.rules.current(), settings)
     log.info("worker_started")
     await stop.wait()
     log.info("worker_stopping")

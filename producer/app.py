@@ -44,7 +44,7 @@ from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
 from producer.routing_changes import RulesEditor
 from producer.webhooks import ROUTERS as WEBHOOK_ROUTERS
-from providers.sandbox import SandboxStore
+from providers.sandbox import SandboxStore, warn_if_sandbox_routed
 from ratelimit import RedisRateLimiter
 from ratelimit.guard import Guard
 from router.health import BreakerBoard, breaker_config
@@ -119,7 +119,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         )
         state.outbox = outbox
         state.accept = AcceptService(resources.sessions, resources.redis, outbox, settings)
-        state.sandbox = SandboxStore(resources.redis, keep=settings.sandbox_keep)
+        state.sandbox = SandboxStore.from_settings(resources.redis, settings)
         assert resources.amqp is not None
         state.receipts = ReceiptRecorder(resources.sessions, EventPublisher(resources.amqp))
         state.guard = Guard(RedisRateLimiter(resources.redis))
@@ -141,6 +141,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
 
         async def track_sandboxes(rules: RoutingRules) -> None:
             state.sandbox_providers = {n for n, p in rules.providers.items() if p.type == "sandbox"}
+            warn_if_sandbox_routed(rules, settings)
 
         rules_source.on_change(track_sandboxes)
         await rules_source.load()

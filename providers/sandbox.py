@@ -1,26 +1,61 @@
 """The sandbox provider (DESIGN §12): records instead of sending; faults on demand.
 
 Its behaviour (mode, fail rate, latency) lives in Redis, so one ``PUT`` changes every
-worker process at once; what it "sent" is kept in Redis for ``/v1/sandbox/messages``.
+worker process at once (each trusts its copy for ``HERALD_SANDBOX_CACHE_S``); what it
+"sent" is kept in Redis for ``/v1/sandbox/messages``.
+
+Storage, so that a read touches only what it asks for: every record goes, in one
+pipeline, to the newest-first list of everything (trimmed to ``keep``), to the list of
+its notification, of its recipient and of its caller (each trimmed, each expiring after
+a week). A read picks the narrowest of those lists and pages through it. An OTP's text
+(body and subject) is not in the record: it is kept under a key of its own until the
+OTP expires, then gone; only admins are shown it.
+
+With the sandbox off (``HERALD_SANDBOX_ENABLED=false``, the default outside ``herald
+dev``) a sandbox provider still exists in the rules but refuses every message with the
+permanent error ``sandbox_disabled``: nothing is recorded, the message ends ``failed``
+and lands in the dead letters, where on-call sees the misrouting and replays once the
+rules point at a real vendor. Reporting ``sent`` for a message that went nowhere, or
+holding it back silently, would both hide the mistake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 
+from config.settings import Settings
 from herald import names
-from herald.domain import Channel, Envelope, utcnow
+from herald.domain import Category, Channel, Envelope, utcnow
 from herald.errors import PermanentProviderError, TransientProviderError
+from herald.logs import get_logger
+from herald.text import as_text
 from providers.base import BaseProvider, Receipt
+from router.rules import RoutingRules
 
+log = get_logger(__name__)
 Mode = Literal["ok", "transient", "permanent"]
+#: How long records stay findable by notification, recipient and caller.
+INDEX_TTL_S = 7 * 24 * 3600
+#: Newest records kept per recipient and per caller (a read asks for at most 10,000).
+PER_RECIPIENT_KEEP = 1_000
+PER_CALLER_KEEP = 10_000
+#: How long an OTP's text is kept when the message carries no expiry (it always should).
+OTP_TEXT_DEFAULT_S = 600
+#: A read that filters beyond its index looks at no more records than this.
+SCAN_BUDGET = 10_000
+PAGE = 500
+MASKED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,66 +68,184 @@ class SandboxBehaviour:
         return self.mode != "ok" and roll < self.fail_rate
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What a reader asks for. ``caller`` set: only that caller's records (non-admins);
+    ``reveal_otp``: show OTP texts still kept (admins)."""
+
+    notification_id: str | None = None
+    to: str | None = None
+    provider: str | None = None
+    caller: str | None = None
+    reveal_otp: bool = False
+    limit: int = 100
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        return (
+            (self.notification_id is None or item.get("notification_id") == self.notification_id)
+            and (self.to is None or item.get("to") == self.to)
+            and (self.provider is None or item.get("provider") == self.provider)
+            and (self.caller is None or item.get("caller") == self.caller)
+        )
+
+
+def handle(value: str) -> str:
+    """A recipient or caller as a Redis key part: fixed length, and no phone number or
+    address in a key name."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def otp_text_ttl_s(expires_at: datetime | None, now: datetime) -> int:
+    """An OTP's text is kept until the OTP expires: after that no test can use it."""
+    if expires_at is None:
+        return OTP_TEXT_DEFAULT_S
+    return max(1, int((expires_at - now).total_seconds()) + 1)
+
+
 class SandboxStore:
     """Behaviour and sent-message records of every sandbox provider, kept in Redis."""
 
-    def __init__(self, redis: Redis, *, keep: int = 100_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        keep: int = 100_000,
+        enabled: bool = True,
+        cache_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.redis = redis
         self.keep = keep
+        self.enabled = enabled
+        self.cache_s = cache_s
+        self._clock = clock
+        self._cached: dict[str, bytes | str] = {}
+        self._cached_until = float("-inf")
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> SandboxStore:
+        return cls(
+            redis,
+            keep=settings.sandbox_keep,
+            enabled=settings.sandbox_on,
+            cache_s=settings.sandbox_cache_s,
+        )
+
+    # -- behaviour -------------------------------------------------------------------------
 
     async def behaviour(self, provider: str) -> SandboxBehaviour:
-        raw = await self.redis.hget(names.sandbox_config_key(), provider)
-        return SandboxBehaviour(**orjson.loads(raw)) if raw else SandboxBehaviour()
+        """This provider's behaviour, from a copy at most ``cache_s`` old (one Redis read
+        per ``cache_s`` per process, not one per message)."""
+        if self._clock() >= self._cached_until:
+            raw = await self.redis.hgetall(names.sandbox_config_key())
+            self._cached = {as_text(k): v for k, v in raw.items()}
+            self._cached_until = self._clock() + self.cache_s
+        found = self._cached.get(provider)
+        return SandboxBehaviour(**orjson.loads(found)) if found else SandboxBehaviour()
 
     async def set_behaviour(self, provider: str, behaviour: SandboxBehaviour) -> None:
         await self.redis.hset(names.sandbox_config_key(), provider, orjson.dumps(asdict(behaviour)))
+        self._cached_until = float("-inf")
 
     async def all_behaviours(self) -> dict[str, SandboxBehaviour]:
         raw = await self.redis.hgetall(names.sandbox_config_key())
-        return {
-            (k.decode() if isinstance(k, bytes) else k): SandboxBehaviour(**orjson.loads(v))
-            for k, v in raw.items()
-        }
+        return {as_text(k): SandboxBehaviour(**orjson.loads(v)) for k, v in raw.items()}
 
-    async def record(self, entry: dict[str, Any]) -> None:
+    # -- records ---------------------------------------------------------------------------
+
+    async def record(self, entry: dict[str, Any], *, otp_text_ttl: int | None = None) -> None:
+        """Keep one record findable four ways, in one round trip. ``otp_text_ttl`` set:
+        the body and subject go under a key of their own that expires then."""
+        entry = dict(entry)
+        text_ref: str | None = None
+        if otp_text_ttl is not None:
+            text_ref = uuid.uuid4().hex
+            text = {"body": entry.get("body"), "subject": entry.get("subject")}
+            entry.update(
+                body=MASKED if text["body"] else None,
+                subject=MASKED if text["subject"] else None,
+                otp_text=text_ref,
+            )
         blob = orjson.dumps(entry)
-        per_message = names.sandbox_by_notification_key(entry["notification_id"])
+        lists = [
+            (names.sandbox_by_recipient_key(handle(entry["to"])), PER_RECIPIENT_KEEP),
+            (names.sandbox_by_caller_key(handle(entry.get("caller") or "")), PER_CALLER_KEEP),
+        ]
         async with self.redis.pipeline(transaction=False) as pipe:
+            if text_ref is not None:
+                pipe.set(names.sandbox_otp_text_key(text_ref), orjson.dumps(text), ex=otp_text_ttl)
             pipe.lpush(names.sandbox_messages_key(), blob)
             pipe.ltrim(names.sandbox_messages_key(), 0, self.keep - 1)
+            per_message = names.sandbox_by_notification_key(entry["notification_id"])
             pipe.rpush(per_message, blob)
-            pipe.expire(per_message, 7 * 24 * 3600)
+            pipe.expire(per_message, INDEX_TTL_S)
+            for key, cap in lists:
+                pipe.lpush(key, blob)
+                pipe.ltrim(key, 0, min(cap, self.keep) - 1)
+                pipe.expire(key, INDEX_TTL_S)
             await pipe.execute()
 
     async def sent_for(self, notification_id: str) -> list[dict[str, Any]]:
+        """Every record of one notification, oldest first (the provider's lookup)."""
         raw = await self.redis.lrange(names.sandbox_by_notification_key(notification_id), 0, -1)
         return [orjson.loads(item) for item in raw]
 
-    async def list(
-        self,
-        *,
-        notification_id: str | None = None,
-        to: str | None = None,
-        provider: str | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        if notification_id:
-            items = list(reversed(await self.sent_for(notification_id)))
+    async def find(self, query: Query) -> list[dict[str, Any]]:
+        """Newest first, at most ``query.limit``, reading only the narrowest index."""
+        if query.notification_id:
+            candidates = list(reversed(await self.sent_for(query.notification_id)))
+            found = [item for item in candidates if query.matches(item)][: query.limit]
         else:
-            items = [
-                orjson.loads(i)
-                for i in await self.redis.lrange(names.sandbox_messages_key(), 0, -1)
-            ]
-        out = [
-            item
-            for item in items
-            if (to is None or item["to"] == to)
-            and (provider is None or item["provider"] == provider)
-        ]
-        return out[:limit]
+            key, exact = self._index_for(query)
+            found = await self._scan(key, query, exact=exact)
+        if query.reveal_otp:
+            await self._reveal_otp_texts(found)
+        for item in found:
+            item.pop("otp_text", None)
+        return found
+
+    @staticmethod
+    def _index_for(query: Query) -> tuple[str, bool]:
+        """The narrowest list for this query, and whether it holds exactly the matches."""
+        if query.to is not None:
+            key = names.sandbox_by_recipient_key(handle(query.to))
+            return key, query.provider is None and query.caller is None
+        if query.caller is not None:
+            return names.sandbox_by_caller_key(handle(query.caller)), query.provider is None
+        return names.sandbox_messages_key(), query.provider is None
+
+    async def _scan(self, key: str, query: Query, *, exact: bool) -> list[dict[str, Any]]:
+        """Page through one newest-first list until ``limit`` match; when the list holds
+        exactly the matches, that is one read of ``limit`` records."""
+        page = query.limit if exact else max(query.limit, PAGE)
+        found: list[dict[str, Any]] = []
+        start = 0
+        while len(found) < query.limit and start < SCAN_BUDGET:
+            raw = await self.redis.lrange(key, start, start + page - 1)
+            found += [item for item in map(orjson.loads, raw) if query.matches(item)]
+            if len(raw) < page:
+                break
+            start += page
+        return found[: query.limit]
+
+    async def _reveal_otp_texts(self, items: list[dict[str, Any]]) -> None:
+        """Put back the OTP texts still kept (for admins); expired ones stay masked."""
+        refs = [item["otp_text"] for item in items if item.get("otp_text")]
+        if not refs:
+            return
+        texts = await self.redis.mget([names.sandbox_otp_text_key(ref) for ref in refs])
+        kept = {ref: orjson.loads(raw) for ref, raw in zip(refs, texts, strict=True) if raw}
+        for item in items:
+            text = kept.get(item.get("otp_text") or "")
+            if text is not None:
+                item.update(body=text["body"], subject=text["subject"])
 
     async def clear(self) -> None:
-        keys = [k async for k in self.redis.scan_iter(names.sandbox_by_notification_key("*"))]
+        keys = [
+            key
+            for pattern in names.sandbox_message_patterns()
+            async for key in self.redis.scan_iter(pattern, count=1000)
+        ]
         await self.redis.delete(names.sandbox_messages_key(), *keys)
 
 
@@ -106,6 +259,12 @@ class SandboxProvider(BaseProvider):
         self.store = store
 
     async def send(self, message: Envelope) -> Receipt:
+        if not self.store.enabled:
+            raise PermanentProviderError(
+                f"{self.name}: sandbox providers are disabled (HERALD_SANDBOX_ENABLED); "
+                "route this message to a real vendor and replay it",
+                code="sandbox_disabled",
+            )
         behaviour = await self.store.behaviour(self.name)
         if behaviour.latency_ms:
             await asyncio.sleep(behaviour.latency_ms / 1000)
@@ -118,6 +277,8 @@ class SandboxProvider(BaseProvider):
                 f"{self.name}: vendor unavailable (sandbox)", code="sandbox_transient"
             )
         vendor_id = f"sbx-{uuid.uuid4().hex[:16]}"
+        now = utcnow()
+        otp = message.category is Category.OTP
         await self.store.record(
             {
                 "notification_id": message.id,
@@ -125,17 +286,22 @@ class SandboxProvider(BaseProvider):
                 "provider": self.name,
                 "vendor_message_id": vendor_id,
                 "channel": message.channel.value,
+                "category": message.category.value,
+                "caller": message.caller,
                 "to": message.to,
                 "subject": message.subject,
                 "body": message.body,
                 "data": message.data,
-                "sent_at": utcnow().isoformat(),
-            }
+                "sent_at": now.isoformat(),
+            },
+            otp_text_ttl=otp_text_ttl_s(message.expires_at, now) if otp else None,
         )
         return Receipt(provider=self.name, vendor_message_id=vendor_id)
 
     async def lookup(self, message: Envelope) -> Receipt | None:
         if self.spec.get("lookup", True) is False:  # behave like a vendor with no lookup API
+            return None
+        if not self.store.enabled:
             return None
         for entry in await self.store.sent_for(message.id):
             if entry.get("generation", 0) == message.generation:
@@ -143,3 +309,30 @@ class SandboxProvider(BaseProvider):
                     provider=entry["provider"], vendor_message_id=entry["vendor_message_id"]
                 )
         return None
+
+
+def routed_sandboxes(rules: RoutingRules) -> list[str]:
+    """The sandbox providers some rule sends traffic to."""
+    used = {entry.provider for rule in rules.rules for tier in rule.tiers for entry in tier}
+    return sorted(
+        name for name, spec in rules.providers.items() if spec.type == "sandbox" and name in used
+    )
+
+
+def warn_if_sandbox_routed(rules: RoutingRules, settings: Settings) -> None:
+    """Outside ``herald dev`` a rule that routes to a sandbox is almost surely a mistake
+    (messages recorded, not sent; or, with the sandbox off, failed): say so loudly."""
+    if settings.dev_mode:
+        return
+    sandboxes = routed_sandboxes(rules)
+    if sandboxes:
+        log.warning(
+            "sandbox_routed_outside_dev",
+            providers=sandboxes,
+            rules_version=rules.version,
+            effect=(
+                "recorded in Redis, never delivered"
+                if settings.sandbox_on
+                else "refused as sandbox_disabled and dead-lettered"
+            ),
+        )

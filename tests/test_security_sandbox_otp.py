@@ -4,6 +4,9 @@ and timing, a `send` key sending OTPs, and replays through another channel's pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,15 @@ from herald.storage.models import Notification
 from producer import otp as otp_module
 from producer.auth import KeyStore
 from producer.otp import OtpStore
-from tests.support.stack import TEST_REDIS_URL, Stack, running_stack, stack_settings
+from providers.sandbox import SandboxBehaviour, SandboxStore
+from tests.support.stack import (
+    TEST_REDIS_URL,
+    Stack,
+    WorkerProcess,
+    free_port,
+    running_stack,
+    stack_settings,
+)
 
 pytestmark = pytest.mark.integration
 PHONE = "+447400123456"
@@ -32,6 +43,40 @@ def bearer(key: str) -> dict[str, str]:
 
 async def new_key(stack: Stack, name: str, *scopes: str) -> dict[str, str]:
     return bearer(await KeyStore(stack.sessions).create(name, list(scopes)))
+
+
+def start_redis(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server") or "redis-server"
+    return subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+    """A ``redis-server`` of this test's own, so it can be stopped."""
+    port = free_port()
+    proc = start_redis(tmp_path, port)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = Redis.from_url(url)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(Exception):
+                await client.ping()
+                break
+            await asyncio.sleep(0.05)
+        await client.aclose()
+        yield url, lambda: stop_redis(proc)
+    finally:
+        stop_redis(proc)
 
 
 def assert_problem(response: httpx.Response, status: int, field: str) -> None:
@@ -313,3 +358,211 @@ async def test_every_sms_counts_against_the_pumping_guard_with_its_own_counters(
         assert other_prefix.status_code == 202
         otp = await api.client.post("/v1/otp", json={"to": "+447400223457"})
         assert otp.status_code == 202, "the OTP prefix budget was not spent by plain SMS"
+
+
+# -- finding 2: the sandbox --------------------------------------------------------------
+
+
+async def sandbox_items(stack: Stack, headers: dict[str, str], **params: Any) -> httpx.Response:
+    return await stack.client.get("/v1/sandbox/messages", params=params, headers=headers)
+
+
+async def test_a_send_key_cannot_read_the_sandbox_or_change_it(database_url: str) -> None:
+    """The attack: another caller's `send` key read "Your verification code is 323853"."""
+    async with running_stack(stack_settings(database_url)) as stack:
+        sent = await stack.client.post("/v1/otp", json={"to": PHONE})
+        await stack.wait_status(sent.json()["notification_id"], "sent")
+        intruder = await new_key(stack, "intruder", "send")
+        for response in (
+            await sandbox_items(stack, intruder),
+            await sandbox_items(stack, intruder, notification_id=sent.json()["notification_id"]),
+            await stack.client.get("/v1/sandbox/providers", headers=intruder),
+            await stack.client.put(
+                "/v1/sandbox/providers/sandbox-sms", json={"mode": "permanent"}, headers=intruder
+            ),
+            await stack.client.delete("/v1/sandbox/messages", headers=intruder),
+        ):
+            assert response.status_code == 403, response.text
+            assert "verification code" not in response.text
+        behaviours = (await stack.client.get("/v1/sandbox/providers")).json()["items"]
+        assert {b["mode"] for b in behaviours} == {"ok"}, "nothing changed"
+
+
+async def test_a_sandbox_key_sees_only_its_own_messages_and_never_otp_texts(
+    database_url: str,
+) -> None:
+    async with running_stack(stack_settings(database_url)) as stack:
+        alice = await new_key(stack, "alice", "send", "otp", "sandbox")
+        mallory = await new_key(stack, "mallory", "send", "otp", "sandbox")
+        otp = await stack.client.post("/v1/otp", json={"to": PHONE}, headers=alice)
+        plain = await stack.send(
+            channel="sms", to=PHONE, category="transactional", body="Your parcel", headers=alice
+        )
+        own = await stack.send(
+            channel="sms", to=PHONE, category="transactional", body="Mallory's", headers=mallory
+        )
+        ids = [otp.json()["notification_id"], plain.json()["id"], own.json()["id"]]
+        for nid in ids:
+            await stack.wait_status(nid, "sent")
+
+        seen_by_mallory = [
+            (await sandbox_items(stack, mallory)).json()["items"],
+            (await sandbox_items(stack, mallory, to=PHONE)).json()["items"],
+            (await sandbox_items(stack, mallory, notification_id=ids[0])).json()["items"],
+            (await sandbox_items(stack, mallory, provider="sandbox-sms")).json()["items"],
+        ]
+        assert [[i["notification_id"] for i in items] for items in seen_by_mallory] == [
+            [ids[2]],
+            [ids[2]],
+            [],
+            [ids[2]],
+        ]
+        mine = (await sandbox_items(stack, alice)).json()["items"]
+        assert [i["notification_id"] for i in mine] == [ids[1], ids[0]], "newest first"
+        assert mine[0]["body"] == "Your parcel" and mine[0]["caller"] == "alice"
+        assert mine[1]["body"] == "[redacted]", "an OTP text is never listed for a non-admin"
+
+        [as_admin] = await stack.sandbox(ids[0])
+        code = as_admin["body"].split()[4].rstrip(".")
+        assert code.isdigit(), "admins (the tests) still read the code while it is valid"
+        verified = await stack.client.post(
+            "/v1/otp/verify", json={"to": PHONE, "code": code}, headers=alice
+        )
+        assert verified.json()["valid"] is True
+
+
+async def test_an_otp_text_is_kept_only_until_the_otp_expires(database_url: str) -> None:
+    async with running_stack(stack_settings(database_url)) as stack:
+        sent = await stack.client.post("/v1/otp", json={"to": PHONE, "ttl_s": 60})
+        nid = sent.json()["notification_id"]
+        await stack.wait_status(nid, "sent")
+        [kept] = [k async for k in stack.redis.scan_iter(names.sandbox_otp_text_key("*"))]
+        assert 0 < await stack.redis.ttl(kept) <= 61
+        for raw in await stack.redis.lrange(names.sandbox_messages_key(), 0, -1):
+            assert b"verification code" not in raw, "the kept record holds no OTP text"
+        await stack.redis.delete(kept)  # what its expiry does
+        [expired] = await stack.sandbox(nid)
+        assert expired["body"] == "[redacted]"
+
+
+async def test_reads_touch_only_what_is_asked(database_url: str) -> None:
+    """`?limit=1` read all 100,000 kept records. Counted, not timed: the Redis reads a
+    query makes, with 3,000 records kept."""
+    async with running_stack(stack_settings(database_url), workers=0) as stack:
+        store: SandboxStore = SandboxStore(stack.redis)
+        for n in range(3000):
+            await store.record(
+                {
+                    "notification_id": f"n-{n}",
+                    "generation": 0,
+                    "provider": "sandbox-sms" if n % 2 else "sandbox-email",
+                    "vendor_message_id": f"v-{n}",
+                    "channel": "sms",
+                    "to": f"+4474001{n % 300:05}",
+                    "caller": "bootstrap" if n % 3 else "someone",
+                    "subject": None,
+                    "body": f"message {n}",
+                    "sent_at": "2026-01-01T00:00:00+00:00",
+                }
+            )
+        reads: list[tuple[Any, ...]] = []
+        app_redis = stack._server.config.app.state.redis
+        real = app_redis.execute_command
+
+        async def counting(*args: Any, **options: Any) -> Any:
+            if str(args[1]).startswith(f"{names.REDIS_PREFIX}sandbox"):  # not auth's calls
+                reads.append(args)
+            return await real(*args, **options)
+
+        app_redis.execute_command = counting
+        try:
+            latest = (await stack.client.get("/v1/sandbox/messages?limit=1")).json()["items"]
+            assert [i["notification_id"] for i in latest] == ["n-2999"]
+            assert [r[0] for r in reads] == ["LRANGE"] and reads[0][2:] == (0, 0)
+            reads.clear()
+            one = (await stack.client.get("/v1/sandbox/messages?notification_id=n-7")).json()
+            assert [i["body"] for i in one["items"]] == ["message 7"]
+            assert [(r[0], r[1]) for r in reads] == [
+                ("LRANGE", names.sandbox_by_notification_key("n-7"))
+            ]
+            reads.clear()
+            to = "+447400100007"
+            rcpt = (await stack.client.get("/v1/sandbox/messages", params={"to": to})).json()
+            assert len(rcpt["items"]) == 10 and {i["to"] for i in rcpt["items"]} == {to}
+            assert len(reads) == 1 and reads[0][2:] == (0, 99), "one read of that recipient"
+        finally:
+            app_redis.execute_command = real
+
+
+async def test_sandbox_reads_answer_503_when_redis_is_gone(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A stale Redis connection gave bare 500s."""
+    async with own_redis(tmp_path) as (url, stop):
+        values = stack_settings(database_url, redis_url=url)
+        async with running_stack(values, workers=0) as api:
+            assert (await api.client.get("/v1/sandbox/messages")).status_code == 200
+            stop()
+            for response in (
+                await api.client.get("/v1/sandbox/messages"),
+                await api.client.get("/v1/sandbox/providers"),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"].startswith("application/problem+json")
+                assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_with_the_sandbox_off_its_api_is_gone_and_its_sends_fail_visibly(
+    database_url: str,
+) -> None:
+    async with running_stack(stack_settings(database_url, sandbox_enabled=False)) as stack:
+        assert (await stack.client.get("/v1/sandbox/messages")).status_code == 404
+        nid = (
+            await stack.send(channel="sms", to=PHONE, category="transactional", body="hi")
+        ).json()["id"]
+        done = await stack.wait_status(nid, "failed")
+        assert done["last_error_code"] == "sandbox_disabled"
+        [dead] = (await stack.client.get("/v1/dlq")).json()["items"]
+        assert dead["notification_id"] == nid and dead["reason"] == "permanent_error"
+        assert await stack.redis.exists(names.sandbox_messages_key()) == 0, "nothing recorded"
+
+
+async def test_a_worker_outside_dev_warns_at_start_when_rules_route_to_a_sandbox(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    values = stack_settings(sqlite_url, log_level="INFO", sandbox_enabled=None)
+    worker = WorkerProcess(values, tmp_path / "worker.log").start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while b"worker_started" not in (tmp_path / "worker.log").read_bytes():
+            assert asyncio.get_running_loop().time() < deadline, "worker did not start"
+            await asyncio.sleep(0.1)
+    finally:
+        worker.close()
+    warnings = [
+        line
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if "sandbox_routed_outside_dev" in line
+    ]
+    assert len(warnings) == 1
+    assert "sandbox-sms" in warnings[0] and "sandbox_disabled" in warnings[0]
+
+
+async def test_behaviours_are_cached_briefly_and_a_local_change_is_seen_at_once() -> None:
+    redis = Redis.from_url(TEST_REDIS_URL)
+    await redis.delete(names.sandbox_config_key())
+    now = [0.0]
+    worker = SandboxStore(redis, cache_s=1.0, clock=lambda: now[0])
+    api = SandboxStore(redis)
+    try:
+        assert (await worker.behaviour("sandbox-sms")).mode == "ok"
+        await api.set_behaviour("sandbox-sms", SandboxBehaviour(mode="transient"))
+        now[0] = 0.9
+        assert (await worker.behaviour("sandbox-sms")).mode == "ok", "its copy is 0.9 s old"
+        now[0] = 1.0
+        assert (await worker.behaviour("sandbox-sms")).mode == "transient"
+        await worker.set_behaviour("sandbox-sms", SandboxBehaviour(mode="permanent"))
+        assert (await worker.behaviour("sandbox-sms")).mode == "permanent"
+    finally:
+        await redis.delete(names.sandbox_config_key())
+        await redis.aclose()

@@ -50,7 +50,7 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     policy = RulesPolicy.from_settings(settings)
     providers = ProviderSet(
         ProviderDeps(
-            sandbox_store=SandboxStore(resources.redis, keep=settings.sandbox_keep),
+            sandbox_store=SandboxStore.from_settings(resources.redis, settings),
             redis=resources.redis,
             policy=policy.vendor,
         )

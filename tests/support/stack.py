@@ -59,6 +59,8 @@ def stack_settings(database_url: str, **overrides: Any) -> dict[str, Any]:
         "log_level": "WARNING",
         "metrics_port": None,
         "sandbox_enabled": True,
+        # Tests flip sandbox behaviours and send at once: no cached copy.
+        "sandbox_cache_s": 0,
         "otp_secret": "test-otp-secret-0123456789abcdef0123456789",
         "console_secret": "test-console-secret-0123456789abcdef012345",
         # Tests send hundreds of messages to one number: limits are tested on their own.
