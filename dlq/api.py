@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,6 +24,7 @@ from herald.domain import Channel, DeadLetterReason
 from producer.auth import Principal
 from producer.deps import require
 from producer.problems import FieldError, Problem
+from producer.validation import IsoDatetime, StrictBool, StrictFloat
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
 
@@ -39,8 +39,8 @@ async def list_dlq(
     reason: DeadLetterReason | None = None,
     error_code: str | None = None,
     caller: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -150,8 +150,8 @@ async def audit_log(
     _: Annotated[Principal, Depends(require("dlq:read"))],
     action: str | None = None,
     actor: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -185,11 +185,12 @@ class BulkReplayRequest(BaseModel):
     reason: DeadLetterReason | None = None
     error_code: str | None = None
     caller: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    dry_run: bool = False
+    since: IsoDatetime | None = None
+    until: IsoDatetime | None = None
+    #: Strict: ``0`` or ``"false"`` must not start a real replay of every match.
+    dry_run: StrictBool = False
     override_provider: str | None = Field(None, description="send them through this provider")
-    max_per_s: float = Field(10.0, gt=0, le=1000)
+    max_per_s: StrictFloat = Field(10.0, gt=0, le=1000)
     comment: str | None = Field(None, max_length=500)
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
@@ -24,13 +25,16 @@ from herald.monitor import QueueDepthMonitor
 from herald.resources import Resources
 from producer.accept import AcceptService
 from producer.auth import AuthThrottle, KeyStore
+from producer.jsonbody import StrictJsonBodies
 from producer.limits import BodySizeLimit
 from producer.otp import OtpStore
 from producer.outbox import Outbox
 from producer.problems import (
     Problem,
+    declare_problems,
     on_http_error,
     on_problem,
+    on_unexpected,
     on_validation_error,
     problem_response,
 )
@@ -161,7 +165,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         description="Notification and OTP delivery: send API, dead letters, sandbox providers.",
         lifespan=lifespan,
     )
+    app.add_middleware(StrictJsonBodies)  # inside the size limit, which buffers the body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
@@ -179,4 +185,17 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     for webhook_router in WEBHOOK_ROUTERS:
         app.include_router(webhook_router)
     console.install(app, settings)
+    _document_problems(app)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """The OpenAPI document declares the problem+json answers every route can give."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_problems(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Refuse oversized requests (413) before they are parsed, streamed or buffered."""
+"""Refuse oversized requests (413) before any route parses or streams them."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from producer.problems import Problem, problem_response
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
+    """Read the whole body, counting, before the app runs: an oversized one is a 413
+    whether it declared a ``Content-Length`` or came chunked, and no route ever sees a
+    partial body (an error raised into a route's body read became FastAPI's 400)."""
+
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -24,21 +24,21 @@ class BodySizeLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._reject(scope, receive, send)
                 return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await self._reject(scope, receive, send)
+            if message["type"] != "http.request":  # the client went away mid-body
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         problem = Problem(
@@ -48,3 +48,17 @@ class BodySizeLimit:
             errors=[{"field": "body", "message": f"request larger than {self.max_bytes} bytes"}],
         )
         await problem_response(problem, scope.get("path"))(scope, receive, send)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """The buffered body in one message, then the real channel (a later disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -24,7 +24,7 @@ from producer.ratelimits import (
     verify_checks,
 )
 from producer.routes_notifications import estimated_cost
-from producer.validation import ValidSend, normalize_email, normalize_phone
+from producer.validation import StrictInt, ValidSend, normalize_email, normalize_phone
 
 router = APIRouter(prefix="/v1/otp", tags=["otp"])
 
@@ -43,8 +43,8 @@ class OtpRequest(BaseModel):
     channel: Literal["sms", "email"] = "sms"
     locale: str | None = Field(None, max_length=10)
     template: str | None = Field(None, max_length=500)
-    code_length: int | None = Field(None, ge=4, le=10)
-    ttl_s: int | None = Field(None, ge=1)
+    code_length: StrictInt | None = Field(None, ge=4, le=10)
+    ttl_s: StrictInt | None = Field(None, ge=1)
     #: Where the same code goes next if this channel fails for good or has not
     #: delivered within HERALD_OTP_FALLBACK_AFTER_S, in order.
     fallback: list[Fallback] = Field(default_factory=list, max_length=2)

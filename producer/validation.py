@@ -3,23 +3,61 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import email_validator
 import orjson
 import phonenumbers
 from phonenumbers import PhoneNumberType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from herald.domain import Category, Channel, Priority, default_priority
 from producer.problems import FieldError
+from providers.email_message import header_unsafe
 
 SMS_CAPABLE = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 MAX_EXPIRES_IN_S = 7 * 24 * 3600
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 MAX_PUSH_TOKEN = 4096
 IDEMPOTENCY_KEY_MAX = 255
+#: A ``send_at`` up to this far in the past (a caller's clock running behind) means
+#: "now"; further back is refused rather than silently sent at once.
+SEND_AT_SKEW = timedelta(minutes=5)
+#: What a database integer column holds (routing versions): a larger id is a 422.
+INT32_MAX = 2**31 - 1
+
+# JSON's types, not Python's coercions: ``true`` is not 1, ``"60"`` is not 60 and ``0``
+# is not ``false`` (pydantic's lax mode takes all three). Floats take integers.
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+StrictFloat = Annotated[float, Strict()]
+
+
+def _iso_datetime(value: Any) -> Any:
+    """An ISO 8601 string (or a datetime from Python code): not a Unix timestamp, which
+    pydantic would also take, as a number or a string of digits."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string (e.g. 2026-01-01T09:00:00Z)")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not an ISO 8601 date-time (e.g. 2026-01-01T09:00:00Z)") from None
+
+
+def _representable(value: datetime) -> datetime:
+    """Year 1 at +14:00 parses, but has no UTC instant: every comparison would fail later."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is outside the representable range of dates") from None
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime), AfterValidator(_representable)]
 
 
 class SendRequest(BaseModel):
@@ -35,8 +73,8 @@ class SendRequest(BaseModel):
     body: str | None = None
     template: str | None = Field(None, max_length=200)
     data: dict[str, Any] | None = None
-    expires_in_s: int | None = Field(None, ge=1, le=MAX_EXPIRES_IN_S)
-    send_at: datetime | None = None
+    expires_in_s: StrictInt | None = Field(None, ge=1, le=MAX_EXPIRES_IN_S)
+    send_at: IsoDatetime | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -62,10 +100,12 @@ class ValidSend:
     otp_id: str | None = None
 
 
-def reject_line_breaks(field: str, value: str) -> None:
-    """CR or LF in a header-bound value is header injection: refuse it."""
-    if "\r" in value or "\n" in value:
-        raise FieldError(field, "must not contain line breaks (CR or LF)")
+def reject_control_characters(field: str, value: str) -> None:
+    """A line break (CR, LF, NEL, U+2028, ...) or any control character in a value bound
+    for a header is header injection, or a message the e-mail adapters cannot build."""
+    why = header_unsafe(value)
+    if why is not None:
+        raise FieldError(field, why)
 
 
 def normalize_phone(to: str, *, field: str = "to") -> str:
@@ -89,7 +129,7 @@ def normalize_phone(to: str, *, field: str = "to") -> str:
 
 
 def normalize_email(to: str, *, field: str = "to") -> str:
-    reject_line_breaks(field, to)
+    reject_control_characters(field, to)
     try:
         info = email_validator.validate_email(to, check_deliverability=False)
     except email_validator.EmailNotValidError as exc:
@@ -120,7 +160,7 @@ def validate_send(req: SendRequest, limits: Limits, now: datetime) -> ValidSend:
         to = check_push_token(req.to)
 
     if req.subject is not None:
-        reject_line_breaks("subject", req.subject)
+        reject_control_characters("subject", req.subject)
     if req.channel is Channel.EMAIL and not req.subject:
         raise FieldError("subject", "is required for e-mail")
     if req.channel is Channel.PUSH:
@@ -140,7 +180,9 @@ def validate_send(req: SendRequest, limits: Limits, now: datetime) -> ValidSend:
             raise FieldError("send_at", "needs a timezone (e.g. 2026-01-01T09:00:00Z)")
         if send_at - now > MAX_SCHEDULE_AHEAD:
             raise FieldError("send_at", "is more than 30 days ahead")
-        if send_at <= now:
+        if now - send_at > SEND_AT_SKEW:
+            raise FieldError("send_at", "is more than 5 minutes in the past (omit it to send now)")
+        if send_at <= now:  # within the clock skew allowed: send now
             send_at = None
     start = send_at or now
     expires_at = start + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None

@@ -6,8 +6,10 @@ tested without a server, and so another e-mail adapter can send the same message
 
 from __future__ import annotations
 
+import email.errors
 import email.policy
 import email.utils
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -22,6 +24,23 @@ HTML_KEY = "html"
 #: 7-bit transfer encodings (quoted-printable or base64) for non-ASCII parts, so the
 #: message survives relays without 8BITMIME; CRLF line ends, as SMTP wants.
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+#: What a header value must not carry: C0 and C1 controls (tab included), DEL, and the
+#: Unicode line and paragraph separators. That is every character ``str.splitlines``
+#: breaks on (CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029), which Python's e-mail
+#: package refuses in a header with a ValueError, and NUL, which it lets through.
+HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def header_unsafe(value: str) -> str | None:
+    """Why ``value`` cannot be a header value (the first bad character), or ``None``."""
+    found = HEADER_UNSAFE.search(value)
+    if found is None:
+        return None
+    return (
+        "must not contain line breaks or control characters "
+        f"(U+{ord(found.group()):04X} at position {found.start()})"
+    )
 
 
 class InvalidEmail(ValueError):
@@ -42,7 +61,7 @@ class Sender:
     @classmethod
     def parse(cls, value: str) -> Sender:
         """``"Shop <noreply@shop.example>"`` or ``"noreply@shop.example"``."""
-        _refuse_line_breaks("from", value)
+        _refuse_unsafe("from", value)
         _, address = email.utils.parseaddr(value)
         local, _, domain = address.rpartition("@")
         if not local or not domain or " " in address:
@@ -62,15 +81,31 @@ def message_id(message: Envelope, domain: str) -> str:
 
 
 def build_email(message: Envelope, sender: Sender, *, now: datetime | None = None) -> EmailMessage:
-    """Plain text, plus a ``multipart/alternative`` HTML part when ``data["html"]`` is set."""
-    subject = message.subject or ""
-    _refuse_line_breaks("subject", subject)  # validated at the API; refused again here
-    _refuse_line_breaks("to", message.to)
+    """Plain text, plus a ``multipart/alternative`` HTML part when ``data["html"]`` is set.
+
+    Raises ``InvalidEmail`` (never anything else) for an envelope that cannot become a
+    safe message: the API refuses such input, but a message stored before a rule was
+    tightened, or published by hand, must fail for good instead of crashing a worker.
+    """
+    try:
+        subject = message.subject or ""
+        _refuse_unsafe("subject", subject)
+        _refuse_unsafe("to", message.to)
+        out = _assemble(message, sender, subject, now or utcnow())
+        out.as_bytes()  # fold and encode every header and part now, not inside the send
+    except InvalidEmail:
+        raise
+    except (ValueError, TypeError, email.errors.MessageError) as exc:
+        raise InvalidEmail(f"cannot build the message: {exc}") from exc
+    return out
+
+
+def _assemble(message: Envelope, sender: Sender, subject: str, now: datetime) -> EmailMessage:
     out = EmailMessage(policy=POLICY)
     out["From"] = sender.header
     out["To"] = message.to
     out["Subject"] = subject
-    out["Date"] = email.utils.format_datetime(now or utcnow())
+    out["Date"] = email.utils.format_datetime(now)
     out["Message-ID"] = message_id(message, sender.domain)
     out[HEADER_NOTIFICATION_ID] = message.id
     out.set_content(message.body or "")
@@ -82,7 +117,8 @@ def build_email(message: Envelope, sender: Sender, *, now: datetime | None = Non
     return out
 
 
-def _refuse_line_breaks(field: str, value: str) -> None:
-    """CR or LF in a header value would let the caller write headers of their own."""
-    if "\r" in value or "\n" in value:
-        raise InvalidEmail(f"{field}: must not contain line breaks (CR or LF)")
+def _refuse_unsafe(field: str, value: str) -> None:
+    """A line break in a header value would let the caller write headers of their own."""
+    why = header_unsafe(value)
+    if why is not None:
+        raise InvalidEmail(f"{field}: {why}")

@@ -28,6 +28,7 @@ from herald.errors import PermanentProviderError
 from providers.aws import AWS_CALL_ERRORS, AwsClient, ErrorRule, provider_error
 from providers.base import BaseProvider, Receipt
 from providers.credentials import ENV_PREFIX, MissingCredential, resolve_credentials
+from providers.email_message import header_unsafe
 
 if TYPE_CHECKING:
     from providers.registry import ProviderDeps
@@ -100,6 +101,24 @@ def send_email_params(
     return params
 
 
+def unsafe_for_ses(message: Envelope) -> str | None:
+    """Why SES must not get this message (a header that breaks lines, text with no UTF-8
+    form), or ``None``. The API refuses such input; a message stored earlier or published
+    by hand fails for good here, instead of crashing a worker inside the SDK."""
+    for field, value in (("subject", message.subject or ""), ("to", message.to)):
+        why = header_unsafe(value)
+        if why is not None:
+            return f"{field}: {why}"
+    html = message.data.get("html")
+    for field, text in (("body", message.body or ""), ("data.html", html)):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{field}: has no UTF-8 form (a lone surrogate)"
+    return None
+
+
 def sns_topic_arns(name: str, spec: Mapping[str, Any]) -> frozenset[str]:
     """The SNS topics whose SES events count for this provider (empty when unset).
 
@@ -143,6 +162,9 @@ class SesProvider(BaseProvider):
                 f"{self.name}: credentials.from (the verified sender) is not set",
                 code="misconfigured",
             )
+        refused = unsafe_for_ses(message)
+        if refused is not None:
+            raise PermanentProviderError(f"{self.name}: {refused}", code="invalid_message")
         return send_email_params(
             message,
             from_address=from_address,

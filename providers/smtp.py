@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.errors
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -161,6 +162,8 @@ def smtp_verdict(exc: BaseException) -> Verdict:
             return Verdict(False, "tls_error", "TLS failed", str(exc), config=True)
         case OSError():
             return Verdict(False, "connect_error", "network error", str(exc))
+        case UnicodeError() | email.errors.MessageError():  # cannot be encoded: never will
+            return Verdict(True, "invalid_message", "the message cannot be encoded", str(exc))
         case ValueError():  # aiosmtplib refuses an address unsafe on a command line
             return Verdict(True, "invalid_address", "address refused by the client", str(exc))
         case aiosmtplib.SMTPException():  # e.g. STARTTLS or AUTH not offered by the relay
@@ -174,6 +177,7 @@ SEND_ERRORS: tuple[type[BaseException], ...] = (
     aiosmtplib.SMTPException,
     OSError,
     ValueError,
+    email.errors.MessageError,
 )
 
 

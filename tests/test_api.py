@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from herald.domain import utcnow
 from herald.storage.models import IdempotencyKey, Notification
 from producer.auth import KeyStore
 from tests.support.stack import Stack, free_port, running_stack, stack_settings
@@ -134,7 +136,8 @@ async def test_oversized_and_malformed_requests(api: Stack) -> None:
     broken = await api.client.post(
         "/v1/notifications", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert_problem(broken, 422)
+    assert_problem(broken, 400, "body")
+    assert "line 1 column 2" in broken.json()["errors"][0]["message"]
     assert await api.nothing_stored_or_queued()
 
 
@@ -237,3 +240,13 @@ async def test_database_down_answers_503_never_202(postgres_schema: str) -> None
             assert await api.count(Notification) == 2
     finally:
         await proxy.stop()
+
+
+async def test_send_at_within_the_clock_skew_is_sent_now(api: Stack) -> None:
+    """Up to 5 minutes in the past (a caller's clock behind ours) means now; further back
+    is a 422 (tests/test_hostile_input.py), never a silent send at once."""
+    when = (utcnow() - timedelta(minutes=2)).isoformat()
+    response = await api.send(**SMS, send_at=when)
+    assert response.status_code == 202, response.text
+    body = await api.notification(response.json()["id"])
+    assert body["send_at"] is None and body["expires_at"] is None
