@@ -159,6 +159,13 @@ class Settings(BaseSettings):
     claim_lease_s: float = 30.0
     provider_timeout_s: float = 10.0
     shutdown_grace_s: float = 25.0
+    #: Times in a row a message may be put back without an attempt (our database, Redis
+    #: or broker failing, or its claim held elsewhere) before it is dead-lettered with
+    #: reason ``infrastructure``: 1,800 waits of the first retry queue (1 s) ≈ 30 min.
+    max_deferrals: int = Field(1800, ge=1)
+    #: More tries a message gets after it crashed a worker (our code raised on it) before
+    #: it is dead-lettered with reason ``crashed``; 0 dead-letters it on the first crash.
+    crash_retries: int = Field(1, ge=0, le=5)
     #: Per category; an override changes only the fields it names (see ``_merge_backoff``).
     backoff: dict[str, BackoffPolicy] = Field(
         default_factory=lambda: {k: BackoffPolicy(**v) for k, v in DEFAULT_BACKOFF.items()}
@@ -210,9 +217,7 @@ class Settings(BaseSettings):
     # Sandbox providers.
     #: The sandbox API and providers; unset, on only under ``herald dev``.
     sandbox_enabled: bool | None = None
-    sandbox_keep: int = Field(100_000, ge=1)
-    #: How long a process trusts its copy of the sandbox behaviours (0: read per message).
-    sandbox_cache_s: float = Field(1.0, ge=0)
+    sandbox_keep: int = 100_000
     #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
     metrics_port: int | None = 9100
 

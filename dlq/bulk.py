@@ -42,7 +42,7 @@ def filter_of(raw: dict[str, Any]) -> DeadLetterFilter:
     for key in ("since", "until"):
         if values.get(key):
             values[key] = datetime.fromisoformat(values[key])
-    return DeadLetterFilter(**values, state="open")
+    return DeadLetterFilter(**values, state="open", replayable=True)
 
 
 def progress(row: Any) -> dict[str, Any]:

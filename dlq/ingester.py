@@ -1,26 +1,35 @@
 """Moves ``herald.dlq`` into the ``dead_letters`` table, once per notification generation.
 
 Two kinds arrive: ours (a worker decided; reason and error in ``x-herald-*`` headers)
-and RabbitMQ's own (a message hit the queue's delivery limit, e.g. a poison message
-that crashed workers); for those we mark the notification ``dead_lettered`` too.
+and RabbitMQ's own (a message hit the queue's delivery limit). Where no worker recorded
+the outcome (RabbitMQ's, a crash, an outage past the deferral bound) we mark the
+notification ``dead_lettered`` too.
+
+Every message ends as a row: one that is no notification we hold (not JSON, not an
+envelope, an unknown id) as an ``unreadable`` row with its raw bytes (dlq/unreadable.py),
+and one our own code fails on likewise, with the error. The message is acked in one
+place, after its row commits; a database outage puts it back after a pause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy.exc
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from dlq.unreadable import unreadable_row
 from herald import metrics, names
 from herald.domain import (
     TERMINAL_STATUSES,
     Category,
     DeadLetterReason,
     Envelope,
+    EnvelopeError,
     Status,
     utcnow,
 )
@@ -29,9 +38,19 @@ from herald.logs import get_logger
 from herald.readiness import NotConsuming, ensure_consuming
 from herald.storage.db import SessionFactory, insert_ignoring_conflicts
 from herald.storage.models import DeadLetter, Notification, table_of
+from workers.poison import is_infrastructure
 
 log = get_logger(__name__)
 REDACTED = "[redacted]"
+#: Reasons for which no worker wrote the status: the ingester marks it ``dead_lettered``.
+UNRECORDED = frozenset({DeadLetterReason.CRASHED, DeadLetterReason.INFRASTRUCTURE})
+#: How long the ingester waits before putting a message back when the database is down.
+STORE_RETRY_PAUSE_S = 1.0
+
+
+class Settle(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
 
 
 def stored_payload(message: Envelope) -> dict[str, Any]:
@@ -53,33 +72,37 @@ def stored_payload(message: Envelope) -> dict[str, Any]:
     return payload
 
 
-def dead_letter_row(message: Envelope, headers: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The row to store, and whether RabbitMQ (not a worker) dead-lettered it."""
-    reason = headers.get(names.HEADER_DLQ_REASON)
-    by_broker = reason is None
+def dead_letter_row(message: Envelope, headers: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The row to store, and whether the notification's status must be set here (no
+    worker recorded it: RabbitMQ dead-lettered it, or a worker crashed or gave up waiting)."""
+    reason = _reason_of(headers)
     error: str | None
     code: str | None
     provider: str | None
-    if by_broker:
-        death = str(headers.get("x-first-death-reason", "delivery_limit"))
-        reason = DeadLetterReason.EXHAUSTED.value
-        error = f"RabbitMQ dead-lettered the message ({death}): workers failed to finish it"
-        code = f"broker_{death}"
+    if reason is None:
+        death = _text(headers.get("x-first-death-reason"), 40)
+        if death is not None:
+            error = f"RabbitMQ dead-lettered the message ({death}): workers failed to finish it"
+        else:
+            error = "arrived on herald.dlq without a worker's reason (published there directly?)"
+        reason = DeadLetterReason.EXHAUSTED
+        code = f"broker_{death}" if death else "no_reason"
         provider = None
         attempts = 0
     else:
-        error = str(headers.get("x-herald-error") or "") or None
-        code = str(headers.get("x-herald-error-code") or "") or None
-        provider = str(headers.get("x-herald-provider") or "") or None
-        attempts = int(headers.get("x-herald-attempts") or 0)
+        error = _text(headers.get("x-herald-error"), 1000)
+        code = _text(headers.get("x-herald-error-code"), 64)
+        provider = _text(headers.get("x-herald-provider"), 100)
+        raw_attempts = headers.get("x-herald-attempts")
+        attempts = raw_attempts if type(raw_attempts) is int and raw_attempts >= 0 else 0
     row = {
         "id": new_id(),
         "notification_id": message.id,
         "generation": message.generation,
         "channel": message.channel.value,
         "category": message.category.value,
-        "caller": message.caller,
-        "reason": str(reason),
+        "caller": message.caller[:100] if message.caller else None,
+        "reason": reason.value,
         "last_error": error,
         "last_error_code": code,
         "last_provider": provider,
@@ -88,7 +111,25 @@ def dead_letter_row(message: Envelope, headers: dict[str, Any]) -> tuple[dict[st
         "payload": stored_payload(message),
         "dead_lettered_at": utcnow(),
     }
-    return row, by_broker
+    mark = _reason_of(headers) is None or reason in UNRECORDED
+    return row, mark
+
+
+def _reason_of(headers: Mapping[str, Any]) -> DeadLetterReason | None:
+    """A worker's reason header, if it names one of ours (else RabbitMQ's, or nobody's)."""
+    value = headers.get(names.HEADER_DLQ_REASON)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        return DeadLetterReason(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value)[:limit] or None if value is not None else None
 
 
 class DeadLetterIngester:
@@ -118,29 +159,111 @@ class DeadLetterIngester:
         self._tag = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        try:
-            envelope = Envelope.from_bytes(message.body)
-        except (ValueError, KeyError) as exc:
-            log.error("dead_letter_unreadable", error=repr(exc), message_id=message.message_id)
-            await message.ack()  # nothing to store; keeping it would loop forever
-            return
-        try:
-            await self.store(envelope, dict(message.headers or {}))
-        except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-            log.warning("dead_letter_store_failed", notification_id=envelope.id, error=repr(exc))
-            await asyncio.sleep(1)  # the database is down: do not spin
+        settle = await self.ingest(
+            message.body,
+            dict(message.headers or {}),
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+        )
+        # The only place a dead letter is acked or put back.
+        if settle is Settle.ACK:
+            await message.ack()
+        else:
             await message.nack(requeue=True)
-            return
-        await message.ack()
 
-    async def store(self, envelope: Envelope, headers: dict[str, Any]) -> None:
-        row, by_broker = dead_letter_row(envelope, headers)
+    async def ingest(
+        self,
+        body: bytes,
+        headers: Mapping[str, Any],
+        *,
+        message_id: str | None = None,
+        routing_key: str | None = None,
+    ) -> Settle:
+        """Store one message of ``herald.dlq`` as a row; ``ACK`` once it is committed."""
+        try:
+            await self._store_message(body, headers, message_id, routing_key)
+            return Settle.ACK
+        except Exception as exc:  # an outage is retried, anything else stored
+            if is_infrastructure(exc):
+                return await self._pause(exc)
+            log.exception("dead_letter_ingest_crashed", message_id=message_id)
+            failure = exc
+        # Our own code (or a row the database refused) failed on this message: keep it as
+        # unreadable with that error, so one bad message never wedges the queue.
+        row = unreadable_row(
+            body,
+            headers,
+            message_id=message_id,
+            routing_key=routing_key,
+            error=f"the ingester failed on it: {type(failure).__name__}: {failure}",
+            code="ingester_error",
+        )
+        try:
+            await self._insert(row)
+        except Exception as exc:  # last resort: keep it, retry later
+            log.exception("dead_letter_unstorable", message_id=message_id)
+            return await self._pause(exc)
+        return Settle.ACK
+
+    async def _pause(self, exc: BaseException) -> Settle:
+        log.warning("dead_letter_store_failed", error=repr(exc))
+        await asyncio.sleep(STORE_RETRY_PAUSE_S)  # the database is down: do not spin
+        return Settle.REQUEUE
+
+    async def _store_message(
+        self,
+        body: bytes,
+        headers: Mapping[str, Any],
+        message_id: str | None,
+        routing_key: str | None,
+    ) -> None:
+        def unreadable(error: str, code: str) -> dict[str, Any]:
+            return unreadable_row(
+                body,
+                headers,
+                message_id=message_id,
+                routing_key=routing_key,
+                error=error,
+                code=code,
+            )
+
+        try:
+            envelope = Envelope.from_bytes(body)
+        except EnvelopeError as exc:
+            # A worker's own parse error says the same; keep the worker's when it sent one.
+            given = _text(headers.get("x-herald-error"), 1000)
+            await self._insert(unreadable(given or str(exc), "bad_envelope"))
+            return
+        if _reason_of(headers) is DeadLetterReason.UNREADABLE:
+            error = _text(headers.get("x-herald-error"), 1000) or "unreadable"
+            code = _text(headers.get("x-herald-error-code"), 64) or "unreadable"
+            await self._insert(unreadable(error, code))
+            return
+        stored = await self.store(envelope, headers)
+        if not stored:
+            error = f"no notification {envelope.id} in the database (never accepted here?)"
+            await self._insert(unreadable(error, "unknown_notification"))
+
+    async def _insert(self, row: dict[str, Any]) -> None:
         engine = self.sessions.kw["bind"]
         async with self.sessions.begin() as session:
             await session.execute(
                 insert_ignoring_conflicts(engine, table_of(DeadLetter)).values(**row)
             )
-            if by_broker:
+        log.info("dead_letter_stored", reason=row["reason"], code=row["last_error_code"])
+
+    async def store(self, envelope: Envelope, headers: Mapping[str, Any]) -> bool:
+        """Store a readable dead letter; ``False`` (nothing stored) when the database holds
+        no such notification."""
+        row, mark = dead_letter_row(envelope, headers)
+        engine = self.sessions.kw["bind"]
+        async with self.sessions.begin() as session:
+            if not await _notification_exists(session, envelope.id):
+                return False
+            await session.execute(
+                insert_ignoring_conflicts(engine, table_of(DeadLetter)).values(**row)
+            )
+            if mark:
                 await session.execute(
                     update(table_of(Notification))
                     .where(
@@ -156,7 +279,15 @@ class DeadLetterIngester:
                         updated_at=utcnow(),
                     )
                 )
-                metrics.DEAD_LETTERED.labels(
-                    envelope.channel.value, envelope.category.value, row["reason"]
-                ).inc()
+        if mark and row["reason"] not in UNRECORDED:  # the worker counted its own
+            metrics.DEAD_LETTERED.labels(
+                envelope.channel.value, envelope.category.value, row["reason"]
+            ).inc()
         log.info("dead_letter_stored", notification_id=envelope.id, reason=row["reason"])
+        return True
+
+
+async def _notification_exists(session: Any, notification_id: str) -> bool:
+    N = table_of(Notification)
+    found = await session.execute(select(N.c.id).where(N.c.id == notification_id))
+    return found.first() is not None

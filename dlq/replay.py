@@ -8,6 +8,7 @@ attempt budget and a fresh idempotency claim. It is refused for an expired messa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from herald.errors import HeraldError
 from herald.storage.db import SessionFactory, inserted_id
 from herald.storage.models import DeadLetter, Notification, OutboxEntry, table_of
 from producer.outbox import Outbox
+from router.rules import RoutingRules
 
 DL = table_of(DeadLetter)
 N = table_of(Notification)
@@ -34,6 +36,28 @@ class ReplayRefused(HeraldError):
 
 class DeadLetterNotFound(HeraldError):
     pass
+
+
+class ProviderRefused(ReplayRefused):
+    """The provider asked for cannot carry this replay (HTTP 422 naming the field)."""
+
+
+def provider_problem(rules: RoutingRules, provider: str, channel: str | None) -> str | None:
+    """Why ``provider`` cannot carry a replay of ``channel`` messages (None: it can).
+
+    A provider sends one channel: an SMS "sent" through a push provider, or e-mails
+    through an SMS vendor, would be a wrong delivery or a garbled one. ``channel`` None
+    (a bulk filter over every channel) is refused too: the match could mix channels.
+    """
+    spec = rules.providers.get(provider)
+    if spec is None:
+        return f"no provider named {provider!r} in the rules in force"
+    sends = spec.channel.value
+    if channel is None:
+        return f"{provider!r} sends {sends} only: filter on channel {sends!r} to replay through it"
+    if sends != channel:
+        return f"{provider!r} sends {sends}, and this message is {channel}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +86,19 @@ def envelope_of(
 
 
 class DeadLetters:
-    def __init__(self, sessions: SessionFactory, outbox: Outbox, settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        outbox: Outbox,
+        settings: Settings,
+        *,
+        rules: Callable[[], RoutingRules] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.outbox = outbox
         self.settings = settings
+        #: The rules in force, to check a replay's provider against the message's channel.
+        self.rules = rules
 
     async def replay(
         self,
@@ -82,11 +115,20 @@ class DeadLetters:
                 raise DeadLetterNotFound(dead_letter_id)
             if dead.state != "open":
                 raise ReplayRefused(f"this dead letter was already {dead.state}")
+            if dead.notification_id is None:
+                raise ReplayRefused(
+                    "an unreadable message belongs to no notification: nothing to replay "
+                    "(its raw bytes are kept for inspection; discard it when done)"
+                )
             row = (await session.execute(select(N).where(N.c.id == dead.notification_id))).first()
             if row is None:
-                raise DeadLetterNotFound(dead.notification_id)
+                raise ReplayRefused("its notification is no longer stored: nothing to replay")
             if row.expires_at is not None and row.expires_at <= now:
                 raise ReplayRefused("the message has expired: it can never be sent or replayed")
+            if provider is not None and self.rules is not None:
+                problem = provider_problem(self.rules(), provider, row.channel)
+                if problem is not None:
+                    raise ProviderRefused(problem)
             payload = dict(dead.payload)
             if payload.get("body") == REDACTED and not payload.get("otp_id"):
                 raise ReplayRefused("an OTP body is not kept: ask the caller for a new code")
@@ -148,10 +190,10 @@ class DeadLetters:
                 .values(
                     state="discarded", resolved_at=utcnow(), resolved_by=actor, resolution=reason
                 )
-                .returning(DL.c.notification_id)
+                .returning(DL.c.id, DL.c.notification_id)
             )
-            notification_id = changed.scalar()
-            if notification_id is None:
+            discarded = changed.first()
+            if discarded is None:
                 exists = (
                     await session.execute(select(DL.c.state).where(DL.c.id == dead_letter_id))
                 ).first()
@@ -162,7 +204,8 @@ class DeadLetters:
                 session,
                 actor=actor,
                 action="dlq.discard",
-                target=notification_id,
+                # An unreadable dead letter has no notification: the audit names the row.
+                target=discarded.notification_id or dead_letter_id,
                 reason=reason,
                 details={"dead_letter_id": dead_letter_id},
             )

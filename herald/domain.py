@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -67,6 +67,13 @@ class DeadLetterReason(enum.StrEnum):
     EXHAUSTED = "exhausted"
     EXPIRED = "expired"
     NO_ROUTE = "no_route"
+    #: Not a message Herald can act on (not an envelope, or for no notification we hold):
+    #: the row keeps the raw bytes for on-call, and there is nothing to replay.
+    UNREADABLE = "unreadable"
+    #: Our code raised on it (a poison message); the error names the exception type.
+    CRASHED = "crashed"
+    #: Our backing services stayed down for longer than the deferral bound.
+    INFRASTRUCTURE = "infrastructure"
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -146,25 +153,99 @@ class Envelope:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Envelope:
-        return cls.from_dict(orjson.loads(raw))
+        """Parse a message off the wire; anything that is not an envelope → EnvelopeError."""
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise EnvelopeError("body", f"not JSON ({exc})") from None
+        return cls.from_dict(decoded)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Envelope:
-        expires = d.get("expires_at")
+    def from_dict(cls, d: Any) -> Envelope:
+        """Build one from its JSON form, checking every field's type (strict: a poison
+        message fails here, at once, instead of deep inside a delivery)."""
+        if not isinstance(d, dict):
+            raise EnvelopeError("body", f"a JSON {type(d).__name__}, not an object")
+        generation = d.get("generation", 0)
+        if type(generation) is not int or generation < 0:
+            raise EnvelopeError("generation", "not a whole number ≥ 0")
+        notification_id = _text(d, "id", required=True)
+        assert notification_id is not None
+        if len(notification_id) > MAX_ID_CHARS:
+            raise EnvelopeError("id", f"longer than {MAX_ID_CHARS} characters")
         return cls(
-            id=d["id"],
-            channel=Channel(d["channel"]),
-            to=d["to"],
-            category=Category(d["category"]),
-            priority=Priority(d["priority"]),
-            body=d.get("body"),
-            subject=d.get("subject"),
-            template=d.get("template"),
-            data=d.get("data") or {},
-            metadata=d.get("metadata") or {},
-            expires_at=datetime.fromisoformat(expires) if expires else None,
-            caller=d.get("caller"),
-            generation=d.get("generation", 0),
-            provider_override=d.get("provider_override"),
-            otp_id=d.get("otp_id"),
+            id=notification_id,
+            channel=_member(d, "channel", Channel),
+            to=_text(d, "to", required=True) or "",
+            category=_member(d, "category", Category),
+            priority=_member(d, "priority", Priority),
+            body=_text(d, "body"),
+            subject=_text(d, "subject"),
+            template=_text(d, "template"),
+            data=_object(d, "data"),
+            metadata=_object(d, "metadata"),
+            expires_at=_aware_time(d, "expires_at"),
+            caller=_text(d, "caller"),
+            generation=generation,
+            provider_override=_text(d, "provider_override"),
+            otp_id=_text(d, "otp_id"),
         )
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+#: Notification ids are UUIDs (36 characters); the database columns hold no more.
+MAX_ID_CHARS = 36
+
+
+class EnvelopeError(ValueError):
+    """A message that is not a valid envelope; ``field`` names what failed to parse."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _text(d: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = d.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise EnvelopeError(name, "missing" if value is None else "not a non-empty string")
+    return value
+
+
+def _member(d: dict[str, Any], name: str, kind: type[_E]) -> _E:
+    value = d.get(name)
+    if value is None:
+        raise EnvelopeError(name, "missing")
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise EnvelopeError(name, f"{str(value)[:40]!r} is not one of {allowed}") from None
+
+
+def _object(d: dict[str, Any], name: str) -> dict[str, Any]:
+    value = d.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EnvelopeError(name, "not a JSON object")
+    return value
+
+
+def _aware_time(d: dict[str, Any], name: str) -> datetime | None:
+    value = d.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EnvelopeError(name, "not an ISO 8601 time string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise EnvelopeError(name, "not an ISO 8601 time string") from None
+    if parsed.tzinfo is None:
+        raise EnvelopeError(name, "has no timezone")
+    return parsed

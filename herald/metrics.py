@@ -40,3 +40,8 @@ ACCEPT_LATENCY = Histogram(
 )
 QUEUE_DEPTH = Gauge("herald_queue_depth", "Messages ready in a RabbitMQ queue", ["queue"])
 OUTBOX_BACKLOG = Gauge("herald_outbox_backlog", "Accepted notifications not yet confirmed")
+CRASHES = Counter(
+    "herald_delivery_crashes_total",
+    "Deliveries our code raised on (poison messages), by exception type",
+    ["error"],
+)

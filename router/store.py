@@ -52,8 +52,15 @@ def make_etag(version: int, document: dict[str, Any]) -> str:
     return f'"v{version}-{digest[:16]}"'
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value shared by two places out twice: the loader refuses aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def to_yaml(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    return yaml.dump(document, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
 
 
 def diff(a: StoredRules, b: StoredRules) -> str:

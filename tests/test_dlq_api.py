@@ -6,12 +6,12 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from dlq.ingester import DeadLetterIngester
 from herald.domain import Category, Channel, Envelope, Priority
 from herald.signing import CursorCodec
-from herald.storage.models import DeadLetter
+from herald.storage.models import DeadLetter, Notification
 from producer.auth import KeyStore
 from tests.support.stack import Stack, running_stack, stack_settings
 
@@ -38,7 +38,20 @@ async def store(
         "x-herald-provider": provider,
         "x-herald-attempts": 3,
     }
-    await DeadLetterIngester(None, stack.sessions).store(envelope, headers)  # type: ignore[arg-type]
+    async with stack.sessions.begin() as session:  # the ingester stores known ones only
+        await session.execute(
+            insert(Notification).values(
+                id=nid,
+                channel=channel.value,
+                to=to,
+                category="transactional",
+                priority="normal",
+                status="failed",
+                created_at=at,
+                updated_at=at,
+            )
+        )
+    assert await DeadLetterIngester(None, stack.sessions).store(envelope, headers)  # type: ignore[arg-type]
     async with stack.sessions.begin() as session:
         await session.execute(
             update(DeadLetter).where(DeadLetter.notification_id == nid).values(dead_lettered_at=at)

@@ -360,11 +360,10 @@ async def push_stack(
 ) -> AsyncIterator[Stack]:
     """``fcm-a`` and ``fcm-b`` (same project, ``fcm-a`` cheaper) in one tier; marketing
     through ``fcm-a`` only, so a transient error there is retried, not failed over."""
-    spec = fcm_spec(fcm_api.url)
     doc = {
-        "providers": {
-            "fcm-a": {**spec, "cost": {"default": 0.0001}},
-            "fcm-b": {**spec, "cost": {"default": 0.0002}},
+        "providers": {  # a spec each: one shared dict would be dumped as a YAML alias
+            "fcm-a": {**fcm_spec(fcm_api.url), "cost": {"default": 0.0001}},
+            "fcm-b": {**fcm_spec(fcm_api.url), "cost": {"default": 0.0002}},
         },
         "rules": [
             {"name": "push-marketing", "match": {"channel": "push", "category": "marketing"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from functools import partial
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
@@ -57,7 +58,7 @@ class Consumer:
             # A declared (passive) queue is registered on the robust channel, so its consumer
             # is restored after a reconnect; get_queue(ensure=False) is not (aio-pika 10).
             queue = await channel.declare_queue(queue_name, passive=True)
-            tag = await queue.consume(self._on_message, no_ack=False)
+            tag = await queue.consume(partial(self._on_message, queue_name), no_ack=False)
             self._consuming.append((queue, tag))
         log.info("worker_consuming", queues=self.queue_names)
 
@@ -67,17 +68,24 @@ class Consumer:
             raise NotConsuming("not consuming (starting or stopping)")
         await ensure_consuming(self._consuming)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, queue_name: str, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
         self._idle.clear()
         try:
             try:
-                disposition = await self.delivery.handle(message.body)
+                disposition = await self.delivery.handle(
+                    message.body,
+                    message.headers,
+                    message_id=message.message_id,
+                    queue=queue_name,
+                )
             except Exception:
+                # Delivery.handle dead-letters crashes itself; reaching here means its own
+                # crash handling failed. Requeue: the queue's delivery limit still bounds it.
                 notification_id = (message.headers or {}).get(names.HEADER_NOTIFICATION_ID)
-                log.exception("delivery_crashed", notification_id=str(notification_id))
+                log.exception("delivery_crash_unhandled", notification_id=str(notification_id))
                 disposition = Disposition.REQUEUE
             await apply_disposition(message, disposition)
         finally:

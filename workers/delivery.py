@@ -14,15 +14,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-import sqlalchemy.exc
 from redis.exceptions import RedisError
 
 from config.settings import Settings
 from herald import metrics, names
 from herald.broker import BROKER_ERRORS, Publisher
-from herald.domain import AttemptOutcome, DeadLetterReason, Envelope, Priority, Status, utcnow
-from herald.errors import InfrastructureError, PermanentProviderError, TransientProviderError
+from herald.domain import (
+    AttemptOutcome,
+    DeadLetterReason,
+    Envelope,
+    EnvelopeError,
+    Priority,
+    Status,
+    utcnow,
+)
+from herald.errors import PermanentProviderError, TransientProviderError
 from herald.logs import get_logger
 from providers.base import Provider, Receipt
 from router.health import BreakerBoard
@@ -32,22 +40,22 @@ from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims
 from workers.events import EventPublisher
 from workers.otp_render import OtpRenderer, fallback_ids
+from workers.poison import (
+    HEADER_CRASHES,
+    HEADER_DEFERRALS,
+    HEADER_SOURCE_MESSAGE_ID,
+    HEADER_SOURCE_QUEUE,
+    SECRET_HEADER,
+    carried,
+    count_of,
+    crash_text,
+    exception_code,
+    is_infrastructure,
+)
 from workers.store import URGENT, DeliveryStore, Interrupted, Skip
 from workers.throttle import ProviderThrottle
 
 log = get_logger(__name__)
-
-#: Failures of our own backing services: the message is put back, not charged an attempt.
-INFRA_ERRORS: tuple[type[BaseException], ...] = (
-    InfrastructureError,
-    RedisError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.DBAPIError,
-    ConnectionError,
-    OSError,
-)
-
 
 class Disposition(enum.Enum):
     ACK = "ack"
@@ -82,16 +90,37 @@ class Delivery:
         self.ctx = ctx
         self.settings = ctx.settings
 
-    async def handle(self, raw: bytes) -> Disposition:
-        message = Envelope.from_bytes(raw)
+    async def handle(
+        self,
+        raw: bytes,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+        queue: str | None = None,
+    ) -> Disposition:
+        """Deliver one message. A body that is no envelope is dead-lettered at once; an
+        outage of our services defers it (bounded); any other exception is a crash of
+        our code on this message, retried ``crash_retries`` times, then dead-lettered."""
+        headers = headers or {}
+        source = _source_headers(message_id, queue)
+        try:
+            message = Envelope.from_bytes(raw)
+        except EnvelopeError as exc:
+            return await self._unreadable(raw, headers, source, str(exc))
         URGENT.set(message.priority is Priority.HIGH)  # this task only (a task per message)
         try:
-            return await self._deliver(message, raw)
-        except INFRA_ERRORS as exc:
-            log.warning("delivery_infra_error", notification_id=message.id, error=repr(exc))
-            return await self._defer(message, raw, reason="infrastructure")
+            return await self._deliver(message, raw, headers)
+        except Exception as exc:  # noqa: BLE001 - every crash is logged and dead-lettered
+            if is_infrastructure(exc):
+                log.warning("delivery_infra_error", notification_id=message.id, error=repr(exc))
+                return await self._defer(
+                    message, raw, headers, reason="infrastructure", error=repr(exc)
+                )
+            return await self._crashed(message, raw, headers, source, exc)
 
-    async def _deliver(self, message: Envelope, raw: bytes) -> Disposition:
+    async def _deliver(
+        self, message: Envelope, raw: bytes, headers: Mapping[str, Any]
+    ) -> Disposition:
         ctx = self.ctx
         now = utcnow()
         if message.is_expired(now):
@@ -104,7 +133,7 @@ class Delivery:
         if claim is ClaimResult.HELD:
             # Another worker holds the lease; if it died, the lease runs out and this copy
             # (or its own redelivered one) takes over.
-            return await self._defer(message, raw, reason="claimed_elsewhere")
+            return await self._defer(message, raw, headers, reason="claimed_elsewhere")
 
         try:
             return await self._deliver_claimed(message, raw, now)
@@ -375,6 +404,18 @@ class Delivery:
 
     async def _skip(self, message: Envelope, raw: bytes, skip: Skip) -> Disposition:
         ctx = self.ctx
+        if skip.status is None:  # no such notification: a message we never accepted
+            await ctx.claims.release(message.id, message.generation)
+            error = f"no notification {message.id} in the database (never accepted here?)"
+            log.error("delivery_unknown_notification", notification_id=message.id)
+            metrics.DEAD_LETTERED.labels(
+                message.channel.value, message.category.value, DeadLetterReason.UNREADABLE
+            ).inc()
+            return await self._to_dlx(
+                message.id,
+                raw,
+                _dlq_headers(DeadLetterReason.UNREADABLE, error, "unknown_notification"),
+            )
         metrics.DUPLICATES_SKIPPED.labels(skip.reason).inc()
         if skip.status is Status.SENT or skip.status is Status.DELIVERED:
             await ctx.claims.mark_done(message.id, message.generation)
@@ -459,25 +500,93 @@ class Delivery:
         provider: str | None,
         attempts: int,
     ) -> Disposition:
-        headers = {
-            names.HEADER_DLQ_REASON: reason.value,
-            "x-herald-error": (error or "")[:1000],
-            "x-herald-error-code": code or "",
-            "x-herald-provider": provider or "",
-            "x-herald-attempts": attempts,
-        }
+        headers = _dlq_headers(reason, error, code, provider, attempts)
+        return await self._to_dlx(message.id, raw, headers)
+
+    async def _to_dlx(
+        self, notification_id: str, raw: bytes, headers: Mapping[str, Any]
+    ) -> Disposition:
+        """Hand the message to ``herald.dlq`` (the ingester stores it); ack once confirmed."""
         try:
             await self.ctx.publisher.publish(
-                names.DLX, "", raw, notification_id=message.id, headers=headers
+                names.DLX, "", raw, notification_id=notification_id, headers=headers
             )
         except BROKER_ERRORS as exc:
-            log.warning("dead_letter_publish_failed", notification_id=message.id, error=repr(exc))
+            log.warning(
+                "dead_letter_publish_failed", notification_id=notification_id, error=repr(exc)
+            )
             return Disposition.REQUEUE
         return Disposition.ACK
 
-    async def _schedule_retry(
-        self, message: Envelope, raw: bytes, delay_s: float, *, at_least_s: float | None = None
+    async def _unreadable(
+        self, raw: bytes, headers: Mapping[str, Any], source: dict[str, str], error: str
     ) -> Disposition:
+        """Not an envelope: certain poison, so straight to the dead letters (raw bytes kept)."""
+        claimed = headers.get(names.HEADER_NOTIFICATION_ID)
+        notification_id = claimed if isinstance(claimed, str) else ""
+        metrics.DEAD_LETTERED.labels("unknown", "unknown", DeadLetterReason.UNREADABLE).inc()
+        log.error("delivery_unreadable", notification_id=notification_id, error=error)
+        dlq = _dlq_headers(DeadLetterReason.UNREADABLE, error, "bad_envelope")
+        # The sender's headers go along (credentials dropped) for on-call to read.
+        kept = {k: v for k, v in headers.items() if not SECRET_HEADER.search(str(k))}
+        return await self._to_dlx(notification_id, raw, {**kept, **dlq, **source})
+
+    async def _crashed(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        source: dict[str, str],
+        exc: Exception,
+    ) -> Disposition:
+        """Our code raised on this message: one more try (``crash_retries``), then the
+        dead letters with the exception type, instead of a requeue loop."""
+        code = exception_code(exc)
+        crashes = count_of(headers, HEADER_CRASHES) + 1
+        metrics.CRASHES.labels(code).inc()
+        log.error(
+            "delivery_crashed",
+            notification_id=message.id,
+            crashes=crashes,
+            error_type=code,
+            exc_info=message.otp_id is None,  # an OTP's traceback may quote its code
+        )
+        if crashes <= self.settings.crash_retries:
+            return await self._schedule_retry(
+                message,
+                raw,
+                self.settings.retry_buckets_ms[0] / 1000,
+                headers=carried(headers, crashes=crashes),
+            )
+        text = crash_text(exc, withhold_detail=message.otp_id is not None)
+        dlq = _dlq_headers(DeadLetterReason.CRASHED, text, code)
+        return await self._dead_letter_unrecorded(message, raw, {**dlq, **source})
+
+    async def _dead_letter_unrecorded(
+        self, message: Envelope, raw: bytes, headers: Mapping[str, Any]
+    ) -> Disposition:
+        """Dead-letter without writing the status here (the database may be what fails):
+        the ingester marks the notification ``dead_lettered`` when it stores the row."""
+        reason = str(headers[names.HEADER_DLQ_REASON])
+        metrics.DEAD_LETTERED.labels(message.channel.value, message.category.value, reason).inc()
+        await self.ctx.events.publish(
+            Status.DEAD_LETTERED.value,
+            message,
+            reason=reason,
+            error_code=headers.get("x-herald-error-code"),
+        )
+        return await self._to_dlx(message.id, raw, headers)
+
+    async def _schedule_retry(
+        self,
+        message: Envelope,
+        raw: bytes,
+        delay_s: float,
+        *,
+        at_least_s: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Disposition:
+        """Publish a copy to a retry queue; ``headers`` are the counters it carries."""
         bucket = retry_bucket_ms(delay_s, self.settings.retry_buckets_ms, at_least_s=at_least_s)
         try:
             await self.ctx.publisher.publish(
@@ -485,22 +594,66 @@ class Delivery:
                 message.routing_key,
                 raw,
                 notification_id=message.id,
-                headers={names.HEADER_RETRY_BUCKET: bucket},
+                headers={**(headers or {}), names.HEADER_RETRY_BUCKET: bucket},
             )
         except BROKER_ERRORS as exc:
             log.warning("retry_publish_failed", notification_id=message.id, error=repr(exc))
             return Disposition.REQUEUE
         return Disposition.ACK
 
-    async def _defer(self, message: Envelope, raw: bytes, *, reason: str) -> Disposition:
-        """Try again shortly without charging an attempt (claimed elsewhere, infra trouble)."""
+    async def _defer(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        *,
+        reason: str,
+        error: str | None = None,
+    ) -> Disposition:
+        """Try again shortly without charging an attempt (claimed elsewhere, infra trouble),
+        at most ``max_deferrals`` times in a row (counted in a header), then dead-letter."""
+        deferrals = count_of(headers, HEADER_DEFERRALS) + 1
+        if deferrals > self.settings.max_deferrals:
+            text = f"put back {deferrals - 1} times in a row without an attempt; last: {reason}"
+            dlq = _dlq_headers(
+                DeadLetterReason.INFRASTRUCTURE, f"{text} ({error})" if error else text, reason
+            )
+            return await self._dead_letter_unrecorded(message, raw, dlq)
         metrics.DEFERRED.labels(reason).inc()
         log.debug("delivery_deferred", notification_id=message.id, reason=reason)
-        return await self._schedule_retry(message, raw, self.settings.retry_buckets_ms[0] / 1000)
+        return await self._schedule_retry(
+            message,
+            raw,
+            self.settings.retry_buckets_ms[0] / 1000,
+            headers=carried(headers, deferrals=deferrals),
+        )
 
     async def _release_quietly(self, message: Envelope) -> None:
         with contextlib.suppress(RedisError):  # the lease runs out by itself
             await self.ctx.claims.release(message.id, message.generation)
+
+
+def _dlq_headers(
+    reason: DeadLetterReason,
+    error: str | None,
+    code: str | None,
+    provider: str | None = None,
+    attempts: int = 0,
+) -> dict[str, Any]:
+    """The ``x-herald-*`` headers the ingester reads a worker's decision from."""
+    return {
+        names.HEADER_DLQ_REASON: reason.value,
+        "x-herald-error": (error or "")[:1000],
+        "x-herald-error-code": (code or "")[:64],
+        "x-herald-provider": provider or "",
+        "x-herald-attempts": attempts,
+    }
+
+
+def _source_headers(message_id: str | None, queue: str | None) -> dict[str, str]:
+    """Where a dead-lettered message came from (the ingester dedupes on the message id)."""
+    out = {HEADER_SOURCE_MESSAGE_ID: message_id or "", HEADER_SOURCE_QUEUE: queue or ""}
+    return {k: v for k, v in out.items() if v}
 
 
 def _ms_since(started: float) -> float:
