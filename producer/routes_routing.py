@@ -16,7 +16,6 @@ from producer.deps import require
 from producer.problems import Problem
 from producer.routing_changes import NeedsAdmin, RulesEditor, check_privilege, document_of
 from producer.validation import INT32_MAX, StrictInt
-from producer.validation import INT32_MAX, StrictInt
 from router.health import BreakerBoard
 from router.rules import DocumentRefused, RoutingRules, load_document
 from router.simulate import simulate as simulate_plan
