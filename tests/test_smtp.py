@@ -25,6 +25,7 @@ from herald.domain import Category, Channel, Envelope, Priority
 from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.storage.migrate import upgrade
 from herald.storage.models import Notification
+from producer.validation import ValidSend
 from providers.credentials import MissingCredential
 from providers.email_message import (
     HEADER_NOTIFICATION_ID,
@@ -35,7 +36,7 @@ from providers.email_message import (
 )
 from providers.smtp import REPLY_CODES, SmtpProvider, SmtpTarget, smtp_target
 from tests.fakes.smtp_server import DROP, FakeSmtp
-from tests.support.stack import Stack, running_stack, stack_settings
+from tests.support.stack import ADMIN_KEY, Stack, running_stack, stack_settings
 
 FROM = "Herald Shop <noreply@shop.example>"
 USER, PASSWORD = "mailer", "s3cret"
@@ -120,6 +121,38 @@ def test_message_id_is_the_same_for_a_resend_and_new_for_a_replay() -> None:
     ],
 )
 def test_unsafe_messages_are_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEmail):
+        build_email(envelope(**overrides), Sender.parse(FROM))
+
+
+#: Every character ``str.splitlines`` breaks on, NUL and TAB (issue 10 #9: a subject with
+#: U+2028, NEL, VT or FF crashed the SMTP worker 21 times instead of failing once).
+HEADER_BREAKERS = [
+    "\r", "\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x00", "\t",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sep", HEADER_BREAKERS, ids=[f"U+{ord(s):04X}" for s in HEADER_BREAKERS])
+def test_a_line_separator_in_any_header_is_refused_never_raised_as_something_else(
+    sep: str,
+) -> None:
+    for field in ("subject", "to"):
+        with pytest.raises(InvalidEmail) as info:
+            build_email(envelope(**{field: f"Hi{sep}Bcc: all@example.com"}), Sender.parse(FROM))
+        assert info.value.args[0].startswith(f"{field}:")
+        assert f"U+{ord(sep):04X}" in info.value.args[0]
+    with pytest.raises(InvalidEmail):
+        Sender.parse(f"Shop{sep} <noreply@shop.example>")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"body": "a\ud800"}, {"subject": "\udfff"}, {"data": {"html": "<p>\ud800</p>"}}],
+    ids=["body", "subject", "html"],
+)
+def test_text_with_no_utf8_form_is_refused_not_raised_as_unicode_error(
+    overrides: dict[str, Any],
+) -> None:
     with pytest.raises(InvalidEmail):
         build_email(envelope(**overrides), Sender.parse(FROM))
 
@@ -366,6 +399,15 @@ async def test_unsafe_messages_fail_permanently_before_any_connection(
     assert relay[0].connections == 0
 
 
+@pytest.mark.parametrize("sep", ["\u2028", "\x85", "\x0b", "\x0c", "\x00"])
+async def test_a_header_line_separator_fails_permanently_before_any_connection(
+    smtp: SmtpProvider, relay: tuple[FakeSmtp, str], sep: str
+) -> None:
+    error = await failure(smtp, envelope(subject=f"Hi{sep}Bcc: all@example.com"))
+    assert isinstance(error, PermanentProviderError) and error.code == "invalid_message"
+    assert relay[0].connections == 0
+
+
 def test_missing_or_half_credentials_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = smtp_spec("mx:25")
     with pytest.raises(MissingCredential):
@@ -582,6 +624,37 @@ async def test_pipeline_fails_over_to_the_second_relay(
     attempts = [(a["provider"], a["outcome"]) for a in done["attempts"]]
     assert attempts == [("smtp-a", "transient_error"), ("smtp-b", "sent")]
     assert fakes[0].received == [] and len(fakes[1].sent_to("erin@example.com")) == 1
+
+
+@pipeline
+async def test_pipeline_a_stored_message_with_a_line_separator_fails_once(
+    mail_stack: Stack, fakes: tuple[FakeSmtp, FakeSmtp]
+) -> None:
+    """A message accepted before the API refused U+2028 in a subject (issue 10 #9) fails
+    for good on its first attempt: no crash, no redelivery loop, nothing sent."""
+    state = mail_stack._server.config.app.state
+    principal = await state.keys.authenticate(ADMIN_KEY)
+    stored = ValidSend(
+        channel=Channel.EMAIL,
+        to="frank@example.com",
+        category=Category.TRANSACTIONAL,
+        priority=Priority.NORMAL,
+        subject="Your receipt\u2028Bcc: everyone@example.com",
+        body="Thanks",
+        data={},
+        metadata={},
+        expires_at=None,
+        send_at=None,
+    )
+    accepted = await state.accept.accept(principal, stored, idempotency_key=None, fingerprint=None)
+
+    done = await mail_stack.wait_status(accepted.id, "failed")
+    assert [(a["provider"], a["error_code"]) for a in done["attempts"]] == [
+        ("smtp-a", "invalid_message")
+    ]
+    [letter] = await wait_dead_letters(mail_stack, accepted.id)
+    assert (letter.reason, letter.attempts) == ("permanent_error", 1)
+    assert fakes[0].received == fakes[1].received == []
 
 
 async def wait_dead_letters(stack: Stack, notification_id: str) -> list[Any]:
