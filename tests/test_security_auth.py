@@ -368,3 +368,25 @@ def test_only_listed_proxies_are_trusted() -> None:
     assert not trusted("11.0.0.1", proxies)
     assert not trusted("not-an-ip", proxies)
     assert not trusted("10.1.2.3", [])  # the default: nobody
+
+
+@pytest.mark.parametrize("trusted_proxy", [False, True])
+async def test_the_console_cookie_is_secure_when_a_trusted_proxy_says_https(
+    sqlite_url: str, trusted_proxy: bool
+) -> None:
+    """uvicorn's own proxy headers are off; the cookie's Secure flag follows the scheme
+    a trusted TLS proxy reports, and no client can flip it by sending the header."""
+    proxies = ["127.0.0.1"] if trusted_proxy else []
+    values = stack_settings(sqlite_url, trusted_proxies=proxies)
+    async with running_stack(values, workers=0) as s, httpx.AsyncClient(base_url=s.url) as c:
+        login = await c.get("/console/login")
+        response = await c.post(
+            "/console/login",
+            data={"api_key": ADMIN_KEY, "csrf_token": csrf_of(login.text)},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+    assert response.status_code == 303
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("herald_console=")
+    )
+    assert ("Secure" in cookie) is trusted_proxy

@@ -26,6 +26,7 @@ from dlq.console.web import (
 from herald.logs import get_logger
 from producer.auth import AuthThrottled, check_key
 from producer.deps import auth_subject
+from producer.forwarded import public_origin
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/console")
@@ -41,7 +42,7 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, max
         path="/console",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=public_origin(request)[0] == "https",  # as the browser sees it
     )
 
 
