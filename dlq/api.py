@@ -19,7 +19,13 @@ from dlq.queries import (
     list_dead_letters,
     oldest_after,
 )
-from dlq.replay import DeadLetterNotFound, DeadLetters, ReplayRefused
+from dlq.replay import (
+    DeadLetterNotFound,
+    DeadLetters,
+    ProviderRefused,
+    ReplayRefused,
+    provider_problem,
+)
 from herald.domain import Channel, DeadLetterReason
 from producer.auth import Principal
 from producer.deps import require
@@ -109,6 +115,8 @@ async def replay_dead_letter(
         )
     except DeadLetterNotFound:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}") from None
+    except ProviderRefused as exc:
+        raise FieldError("provider", str(exc)) from None
     except ReplayRefused as exc:
         raise Problem(409, "Cannot replay", str(exc)) from None
     return JSONResponse(
@@ -206,8 +214,11 @@ async def bulk_replay(
         if value is not None and value.tzinfo is None:
             raise FieldError(name, "needs a timezone (e.g. 2026-01-01T00:00:00Z)")
     rules = request.app.state.rules_source.current()
-    if body.override_provider is not None and body.override_provider not in rules.providers:
-        raise FieldError("override_provider", f"no provider named {body.override_provider!r}")
+    if body.override_provider is not None:
+        channel = body.channel.value if body.channel is not None else None
+        problem = provider_problem(rules, body.override_provider, channel)
+        if problem is not None:
+            raise FieldError("override_provider", problem)
     filters = body.model_dump(
         mode="json",
         include={

@@ -129,7 +129,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.guard = Guard(RedisRateLimiter(resources.redis))
         state.spend = SpendGuard(resources.redis, settings.spend_cap_per_key_per_day)
         state.otp = OtpStore(resources.redis, settings)
-        state.dead_letters = DeadLetters(resources.sessions, outbox, settings)
+        state.dead_letters = DeadLetters(
+            resources.sessions, outbox, settings, rules=rules_source.current
+        )
         state.bulk_replayer = BulkReplayer(
             resources.sessions, state.dead_letters, owner=f"{socket.gethostname()}:{os.getpid()}"
         )

@@ -24,6 +24,7 @@ from producer import otp as otp_module
 from producer.auth import KeyStore
 from producer.otp import OtpStore
 from providers.sandbox import SandboxBehaviour, SandboxStore
+from tests.support.console import EMAIL, csrf_of, dead_letters_from, signed_in
 from tests.support.stack import (
     TEST_REDIS_URL,
     Stack,
@@ -35,6 +36,7 @@ from tests.support.stack import (
 
 pytestmark = pytest.mark.integration
 PHONE = "+447400123456"
+SMS_FAILING = {"channel": "sms", "to": PHONE, "category": "transactional", "body": "Hi"}
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -566,3 +568,80 @@ async def test_behaviours_are_cached_briefly_and_a_local_change_is_seen_at_once(
     finally:
         await redis.delete(names.sandbox_config_key())
         await redis.aclose()
+
+
+# -- finding 10: a replay through a provider of another channel ----------------------------
+
+
+async def dead_letter_ids(stack: Stack, nids: list[str]) -> dict[str, str]:
+    items = (await stack.client.get("/v1/dlq")).json()["items"]
+    return {i["notification_id"]: i["id"] for i in items if i["notification_id"] in nids}
+
+
+async def nothing_replayed(stack: Stack, nids: list[str]) -> None:
+    for nid in nids:
+        shown = await stack.notification(nid)
+        assert (shown["status"], shown["generation"]) == ("failed", 0)
+        assert await stack.sandbox(nid) == []
+    assert (await stack.client.get("/v1/dlq")).json()["items"], "still open"
+    for action in ("dlq.replay", "dlq.bulk_replay"):
+        audit = await stack.client.get("/v1/audit", params={"action": action})
+        assert audit.json()["items"] == [], "no replay recorded"
+
+
+async def test_a_replay_through_a_provider_of_another_channel_is_refused(
+    database_url: str,
+) -> None:
+    """The attack: an SMS replayed through `sandbox-push`, e-mails "sent" by SMS through a
+    bulk override. Each is a 422 naming the field; nothing is replayed."""
+    async with running_stack(stack_settings(database_url)) as stack:
+        nids = await dead_letters_from(stack, [SMS_FAILING, EMAIL])
+        dead = await dead_letter_ids(stack, nids)
+        sms_through_push = await stack.client.post(
+            f"/v1/dlq/{dead[nids[0]]}/replay", json={"provider": "sandbox-push"}
+        )
+        assert_problem(sms_through_push, 422, "provider")
+        assert "push" in sms_through_push.json()["errors"][0]["message"]
+        email_through_sms = await stack.client.post(
+            f"/v1/dlq/{dead[nids[1]]}/replay", json={"provider": "sandbox-sms"}
+        )
+        assert_problem(email_through_sms, 422, "provider")
+        for filters in ({"channel": "email"}, {}, {"channel": "email", "dry_run": True}):
+            bulk = await stack.client.post(
+                "/v1/dlq/replay", json={**filters, "override_provider": "sandbox-sms"}
+            )
+            assert_problem(bulk, 422, "override_provider")
+        await nothing_replayed(stack, nids)
+
+        same_channel = await stack.client.post(
+            f"/v1/dlq/{dead[nids[0]]}/replay", json={"provider": "sandbox-sms"}
+        )
+        assert same_channel.status_code == 202, "a provider of its own channel still works"
+        await stack.wait_status(nids[0], "sent")
+
+
+async def test_the_console_refuses_a_replay_through_another_channel(sqlite_url: str) -> None:
+    async with running_stack(stack_settings(sqlite_url)) as stack:
+        nids = await dead_letters_from(stack, [SMS_FAILING, EMAIL])
+        dead = await dead_letter_ids(stack, nids)
+        async with signed_in(stack.url) as client:
+            form = await client.get(f"/console/dead-letters/{dead[nids[0]]}/replay")
+            assert 'value="sandbox-sms"' in form.text
+            assert 'value="sandbox-push"' not in form.text, "the form offers its channel only"
+            one = await client.post(
+                f"/console/dead-letters/{dead[nids[0]]}/replay",
+                data={"csrf_token": csrf_of(form.text), "provider": "sandbox-push"},
+            )
+            assert one.status_code == 422 and "sends push" in one.text
+            preview = await client.get("/console/replay", params={"channel": "email"})
+            bulk = await client.post(
+                "/console/replay",
+                data={
+                    "csrf_token": csrf_of(preview.text),
+                    "channel": "email",
+                    "override_provider": "sandbox-sms",
+                    "max_per_s": "50",
+                },
+            )
+            assert bulk.status_code == 422 and "sends sms" in bulk.text
+        await nothing_replayed(stack, nids)

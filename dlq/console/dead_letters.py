@@ -21,7 +21,13 @@ from dlq.console.web import (
     render,
 )
 from dlq.queries import BadCursor, count_matching, detail, item, list_dead_letters, oldest_after
-from dlq.replay import DeadLetterNotFound, DeadLetters, ReplayRefused
+from dlq.replay import (
+    DeadLetterNotFound,
+    DeadLetters,
+    ProviderRefused,
+    ReplayRefused,
+    provider_problem,
+)
 from herald.domain import Channel, DeadLetterReason
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -92,7 +98,13 @@ async def confirm_page(
     if action not in ("replay", "discard"):
         raise ConsoleRefused(404, "No such action.")
     entry = await _entry(request, dead_letter_id)
-    return render(request, f"confirm_{action}.html", seen, entry=entry, **_choices(request))
+    choices = _choices(request)
+    rules = request.app.state.rules_source.current()
+    # Only providers of the message's own channel can carry it.
+    choices["providers"] = [
+        name for name in choices["providers"] if rules.providers[name].channel == entry["channel"]
+    ]
+    return render(request, f"confirm_{action}.html", seen, entry=entry, **choices)
 
 
 @router.post("/dead-letters/{dead_letter_id}/replay")
@@ -109,6 +121,8 @@ async def replay(request: Request, dead_letter_id: str, seen: Writer) -> Respons
         )
     except DeadLetterNotFound:
         raise ConsoleRefused(404, f"There is no dead letter {dead_letter_id}.") from None
+    except ProviderRefused as exc:
+        raise ConsoleRefused(422, f"Not replayed: {exc}.") from None
     except ReplayRefused as exc:
         return await _refused(request, seen, dead_letter_id, f"Not replayed: {exc}.")
     notice = (
@@ -187,8 +201,11 @@ async def bulk_start(request: Request, seen: Writer) -> Response:
     if form.problems:
         raise ConsoleRefused(422, "The filter is not valid: " + str(form.problems))
     override = str(posted.get("override_provider") or "") or None
-    if override is not None and override not in request.app.state.rules_source.current().providers:
-        raise ConsoleRefused(422, f"There is no provider named {override!r} in the rules.")
+    if override is not None:
+        rules = request.app.state.rules_source.current()
+        problem = provider_problem(rules, override, form.api_filters().get("channel"))
+        if problem is not None:
+            raise ConsoleRefused(422, f"Not started: {problem}.")
     try:
         max_per_s = float(str(posted.get("max_per_s") or "10"))
     except ValueError:
