@@ -27,7 +27,17 @@ from herald.storage.models import ApiKey
 from producer.auth import KeyStore
 from producer.forwarded import throttle_subject, trusted
 from tests.support.console import csrf_of
-from tests.support.stack import ADMIN_KEY, Stack, as_env, free_port, running_stack, stack_settings
+from tests.support.stack import (
+    ADMIN_KEY,
+    TEST_AMQP_URL,
+    TEST_REDIS_URL,
+    ApiProcess,
+    Stack,
+    as_env,
+    free_port,
+    running_stack,
+    stack_settings,
+)
 from tests.test_cli import herald
 
 LONG = "0123456789abcdef0123456789abcdef"
@@ -84,6 +94,34 @@ async def test_the_api_refuses_the_default_secret_before_opening_anything(tmp_pa
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(f"http://127.0.0.1:{port}/healthz")
+
+
+class DevProcess(ApiProcess):
+    command = "dev"
+
+
+@pytest.mark.integration
+async def test_herald_dev_starts_with_no_secrets_at_all(tmp_path: Path) -> None:
+    """``make run`` on a fresh machine: no OTP or console secret, the public dev key."""
+    values = {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/herald.db",
+        "amqp_url": TEST_AMQP_URL,
+        "redis_url": TEST_REDIS_URL,
+        "api_port": free_port(),
+        "metrics_port": None,
+        "bootstrap_api_key": "dev-admin-key",
+        "log_level": "WARNING",
+    }
+    dev = DevProcess(values, tmp_path / "dev.log").start()
+    try:
+        url = await dev.wait_ready()
+        async with httpx.AsyncClient(base_url=url) as client:
+            listed = await client.get("/v1/dlq", headers={"Authorization": "Bearer dev-admin-key"})
+            assert listed.status_code == 200, listed.text
+            assert (await client.get("/console/login")).status_code == 200
+        assert await asyncio.to_thread(dev.terminate) == 0
+    finally:
+        dev.close()
 
 
 def test_dev_mode_needs_no_secrets_and_derives_the_console_key() -> None:
