@@ -217,7 +217,9 @@ class Settings(BaseSettings):
     # Sandbox providers.
     #: The sandbox API and providers; unset, on only under ``herald dev``.
     sandbox_enabled: bool | None = None
-    sandbox_keep: int = 100_000
+    sandbox_keep: int = Field(100_000, ge=1)
+    #: How long a process trusts its copy of the sandbox behaviours (0: read per message).
+    sandbox_cache_s: float = Field(1.0, ge=0)
     #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
     metrics_port: int | None = 9100
 
