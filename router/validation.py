@@ -284,8 +284,13 @@ def _message(error: ValidationError) -> str:
             return f"{_show(value)} is not {about['description']}"
         case "anyOf" | "oneOf" if "description" in about:
             return f"must be {about['description']}, not {_kind(value)}"
-        case _:
-            return str(error.message)
+        case "maxItems":
+            return f"has {len(value)} items, more than {expected}"
+        case "maxProperties":
+            return f"has {len(value)} entries, more than {expected}"
+        case _:  # jsonschema's own words quote the value: never a whole document
+            text = str(error.message)
+            return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _under_credentials(parts: Sequence[PathPart]) -> bool:

@@ -553,3 +553,16 @@ def test_every_parser_refuses_aliases_depth_and_size(tmp_path: Path) -> None:
         assert result.exit_code == 1 and f"{path}: $: " in result.stderr
     with pytest.raises(DocumentRefused):
         load_json(b'{"a": ' * 30 + b"1" + b"}" * 30)
+
+
+def test_too_many_rules_or_providers_is_one_short_issue_each() -> None:
+    sandbox = {"type": "sandbox", "channel": "sms"}
+    doc = {
+        "providers": {f"p{i}": sandbox for i in range(201)},
+        "rules": [{"name": f"r{i}", "match": {}, "tiers": [["p1"]]} for i in range(501)],
+    }
+    found = validate_document(doc)
+    assert [(i.path, i.message) for i in found] == [
+        ("providers", "has 201 entries, more than 200"),
+        ("rules", "has 501 items, more than 500"),
+    ]
