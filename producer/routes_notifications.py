@@ -84,11 +84,13 @@ async def send_notification(
 
 async def hold_otp_text(request: Request, valid: ValidSend) -> ValidSend:
     """A caller's own OTP carries its code in the body (and maybe the subject): keep them
-    in Redis only, until the message expires (``expires_in_s``, default
-    HERALD_OTP_TTL_S), and queue a message that names them, as ``POST /v1/otp`` does."""
+    in Redis only, until the message expires (``expires_in_s``, default HERALD_OTP_TTL_S
+    after its ``send_at`` or now), and queue a message that names them, as ``POST /v1/otp``
+    does."""
     settings = request.app.state.settings
     now = utcnow()
-    expires_at = valid.expires_at or now + timedelta(seconds=settings.otp_ttl_s)
+    default_expiry = (valid.send_at or now) + timedelta(seconds=settings.otp_ttl_s)
+    expires_at = valid.expires_at or default_expiry
     ttl_s = max(1, math.ceil((expires_at - now).total_seconds()))
     try:
         otp_id = await request.app.state.otp.hold_message(

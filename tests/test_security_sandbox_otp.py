@@ -8,6 +8,7 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,14 @@ async def test_a_callers_otp_text_is_held_only_until_the_message_expires(
         held = [k async for k in api.redis.scan_iter(names.otp_record_key("*"))]
         assert len(held) == 1
         assert 0 < await api.redis.ttl(held[0]) <= 30
+        await api.redis.delete(*held)
+        later = (datetime.now(UTC) + timedelta(seconds=120)).isoformat()
+        scheduled = await api.send(
+            channel="sms", to=PHONE, category="otp", body="Code 434343", send_at=later
+        )
+        assert scheduled.status_code == 202, scheduled.text
+        [held] = [k async for k in api.redis.scan_iter(names.otp_record_key("*"))]
+        assert 600 < await api.redis.ttl(held) <= 720, "HERALD_OTP_TTL_S after its send_at"
 
 
 async def test_every_sms_counts_against_the_pumping_guard_with_its_own_counters(
