@@ -330,14 +330,15 @@ async def test_routing_write_changes_costs_but_not_where_credentials_go(
         cheaper["rules"][0]["tiers"] = [["sandbox-sms", {"provider": "msg91-in", "weight": 3}]]
         assert (await put_rules(stack, cheaper, editor)).status_code == 200
 
-        for change, field in [
+        changes: list[tuple[dict[str, Any], str]] = [
             ({"endpoint": "https://attacker.example.net"}, "providers.msg91-in.endpoint"),
             ({"type": "twilio"}, "providers.msg91-in.type"),
             (
                 {"credentials": {"auth_key": "env:HERALD_VENDOR_OTHER", "template_id": "x"}},
                 "providers.msg91-in.credentials.auth_key",
             ),
-        ]:
+        ]
+        for change, field in changes:
             moved = with_msg91(default_rules(), {**vendor_msg91(url, 0.0005), **change})
             refused = await put_rules(stack, moved, editor)
             assert refused.status_code == 403, refused.text
@@ -490,7 +491,7 @@ async def put_yaml(stack: Stack, text: str) -> Any:
 
 async def test_billion_laughs_is_refused_and_healthz_answers_meanwhile(api: Stack) -> None:
     async def healthz_while(put: asyncio.Task[Any]) -> list[int]:
-        answers = []
+        answers: list[int] = []
         while not put.done() or not answers:
             answers.append((await api.client.get("/healthz")).status_code)
         return answers
