@@ -94,7 +94,11 @@ class ReplayRequest(BaseModel):
     reason: str | None = Field(None, max_length=500)
 
 
-@router.post("/{dead_letter_id}/replay", status_code=202)
+@router.post(
+    "/{dead_letter_id}/replay",
+    status_code=202,
+    responses={200: {"description": "sent meanwhile: skipped (`status: skipped`)"}},
+)
 async def replay_dead_letter(
     request: Request,
     dead_letter_id: str,
@@ -202,7 +206,13 @@ class BulkReplayRequest(BaseModel):
     comment: str | None = Field(None, max_length=500)
 
 
-@router.post("/replay")
+@router.post(
+    "/replay",
+    responses={
+        200: {"description": "`dry_run`: the count and a sample"},
+        202: {"description": "a background replay started: `replay_id` and `count`"},
+    },
+)
 async def bulk_replay(
     request: Request,
     body: BulkReplayRequest,

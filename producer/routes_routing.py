@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from herald.domain import Category, Channel
 from producer.auth import Principal
 from producer.deps import require
+from producer.jsonbody import is_json
 from producer.problems import Problem
 from producer.routing_changes import NeedsAdmin, RulesEditor, check_privilege, document_of
 from producer.validation import INT32_MAX, StrictInt
@@ -90,6 +91,13 @@ async def _document(request: Request) -> Any:
     parsed off the event loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type not in YAML_TYPES and not is_json(content_type):
+        raise Problem(
+            415,
+            "Unsupported media type",
+            "send the rules as application/json or application/yaml",
+            errors=[{"field": "Content-Type", "message": "must be JSON or YAML"}],
+        )
     limits = _store(request).policy.limits
     as_json = content_type not in YAML_TYPES
     try:

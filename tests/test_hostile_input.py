@@ -266,18 +266,36 @@ async def test_the_ses_adapter_raises_permanent_for_a_bad_subject() -> None:
 # -- the attacks, against a real API -----------------------------------------------------
 
 
+async def _database(
+    kind: str, request: pytest.FixtureRequest, folder: pytest.TempPathFactory
+) -> str:
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{folder.mktemp('hostile')}/herald.db"
+        await asyncio.to_thread(upgrade, url)
+        return url
+    url = str(request.getfixturevalue("postgres_schema"))
+    in_thread(asyncio.run, _truncate(url))
+    return url
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 async def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     """One API per database for the whole module (nothing consumes): every attack is
-    refused, so the database and the queues stay empty, and each test says so."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('hostile')}/herald.db"
-        await asyncio.to_thread(upgrade, url)
-    else:
-        url = request.getfixturevalue("postgres_schema")
-        in_thread(asyncio.run, _truncate(url))
+    refused, so the database and the queues stay empty, and each test says so. For the
+    attacks whose refusal could depend on the database (what it stores, its integers)."""
+    url = await _database(request.param, request, tmp_path_factory)
+    async with running_stack(stack_settings(url), workers=0) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+async def sqlite_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """For refusals made before any route or database is reached (size, media type)."""
+    url = await _database("sqlite", request, tmp_path_factory)
     async with running_stack(stack_settings(url), workers=0) as stack:
         yield stack
 
@@ -356,6 +374,8 @@ JSON_ROUTES = [
     ("POST", "/v1/otp", {"to": "+447911123456"}),
     ("POST", "/v1/otp/verify", {"to": "+447911123456", "code": "123456"}),
     ("POST", "/v1/dlq/replay", {"dry_run": True}),
+    ("POST", "/v1/dlq/no-such-letter/replay", {"reason": "x"}),  # an optional body
+    ("DELETE", "/v1/dlq/no-such-letter", {"reason": "gone for good"}),
     ("POST", "/v1/routing/simulate", {"channel": "sms", "to": "+447911123456"}),
     ("POST", "/v1/routing/rules/rollback", {"version": 1}),
     ("PUT", "/v1/sandbox/providers/sandbox-sms", {"mode": "ok"}),
@@ -367,12 +387,26 @@ JSON_ROUTES = [
 @pytest.mark.parametrize("content_type", WRONG_TYPES, ids=[str(t) for t in WRONG_TYPES])
 @pytest.mark.parametrize(("method", "path", "body"), JSON_ROUTES, ids=[r[1] for r in JSON_ROUTES])
 async def test_a_json_route_answers_415_to_another_content_type(
-    api: Stack, method: str, path: str, body: dict[str, Any], content_type: str | None
+    sqlite_api: Stack, method: str, path: str, body: dict[str, Any], content_type: str | None
 ) -> None:
     headers = {} if content_type is None else {"content-type": content_type}
-    response = await api.client.request(method, path, content=dumps(body), headers=headers)
+    response = await sqlite_api.client.request(method, path, content=dumps(body), headers=headers)
     assert_problem(response, 415, "Content-Type")
-    assert await api.nothing_stored_or_queued()
+    assert await sqlite_api.nothing_stored_or_queued()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_the_rules_document_is_json_or_yaml_else_415(api: Stack, content_type: str) -> None:
+    before = (await api.client.get("/v1/routing/rules")).headers["etag"]
+    response = await api.client.put(
+        "/v1/routing/rules",
+        content=b'{"providers": {}, "rules": []}',
+        headers={"content-type": content_type, "If-Match": before},
+    )
+    assert_problem(response, 415, "Content-Type")
+    assert (await api.client.get("/v1/routing/rules")).headers["etag"] == before
+    assert await api.count(AuditEntry) == 0
 
 
 async def chunked(size: int) -> AsyncIterator[bytes]:
@@ -398,15 +432,15 @@ OVERSIZED_ROUTES = [
     ("method", "path", "content_type"), OVERSIZED_ROUTES, ids=[r[1] for r in OVERSIZED_ROUTES]
 )
 async def test_an_oversized_body_is_413_on_every_route(
-    api: Stack, method: str, path: str, content_type: str, declared: bool
+    sqlite_api: Stack, method: str, path: str, content_type: str, declared: bool
 ) -> None:
-    size = api.settings.max_request_bytes + 4096
+    size = sqlite_api.settings.max_request_bytes + 4096
     content: Any = b"x" * size if declared else chunked(size)
-    response = await api.client.request(
+    response = await sqlite_api.client.request(
         method, path, content=content, headers={"content-type": content_type}
     )
     assert_problem(response, 413, "body")
-    assert await api.nothing_stored_or_queued()
+    assert await sqlite_api.nothing_stored_or_queued()
 
 
 @pytest.mark.integration
@@ -476,3 +510,36 @@ async def test_the_openapi_document_declares_problem_answers_for_every_route(
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
             }, (method, path)
         assert "422" not in op["responses"], (method, path)
+
+
+# -- the error answers themselves ---------------------------------------------------------
+
+
+async def test_an_unexpected_error_still_answers_problem_json() -> None:
+    from starlette.requests import Request
+
+    from producer.problems import on_unexpected
+
+    request = Request({"type": "http", "method": "GET", "path": "/v1/x", "headers": []})
+    response = await on_unexpected(request, RuntimeError("a bug"))
+    assert response.status_code == 500
+    assert response.media_type == "application/problem+json"
+    assert json.loads(bytes(response.body))["title"] == "Internal server error"
+    assert b"a bug" not in bytes(response.body)
+
+
+def test_declare_problems_replaces_fastapis_422_on_every_operation() -> None:
+    from producer.problems import declare_problems
+
+    schema = {
+        "paths": {
+            "/a": {"get": {"responses": {"200": {}, "422": {}}}, "parameters": []},
+            "/b": {"post": {"responses": {"202": {}}}},
+        },
+        "components": {"schemas": {"HTTPValidationError": {}, "ValidationError": {}}},
+    }
+    out = declare_problems(schema)
+    assert set(out["components"]["schemas"]) == {"Problem"}
+    assert set(out["paths"]["/a"]["get"]["responses"]) == {"200", "4XX", "5XX"}
+    assert set(out["paths"]["/b"]["post"]["responses"]) == {"202", "4XX", "5XX"}
+    assert out["paths"]["/a"]["parameters"] == []
