@@ -28,7 +28,9 @@ from producer.otp import OtpStore
 from providers.sandbox import SandboxBehaviour, SandboxStore
 from tests.support.console import EMAIL, csrf_of, dead_letters_from, signed_in
 from tests.support.stack import (
+    ADMIN_KEY,
     TEST_REDIS_URL,
+    ApiProcess,
     Stack,
     WorkerProcess,
     free_port,
@@ -540,25 +542,33 @@ async def test_with_the_sandbox_off_its_api_is_gone_and_its_sends_fail_visibly(
         assert await stack.redis.exists(names.sandbox_messages_key()) == 0, "nothing recorded"
 
 
-async def test_a_worker_outside_dev_warns_at_start_when_rules_route_to_a_sandbox(
+async def test_herald_api_and_worker_outside_dev_warn_when_rules_route_to_a_sandbox(
     sqlite_url: str, tmp_path: Path
 ) -> None:
+    """Outside `herald dev` the sandbox is off; the default rules still route every
+    channel to it: both processes say so at start, and the sandbox API is gone."""
     values = stack_settings(sqlite_url, log_level="INFO", sandbox_enabled=None)
     worker = WorkerProcess(values, tmp_path / "worker.log").start()
+    api = ApiProcess(values, tmp_path / "api.log").start()
     try:
+        url = await api.wait_ready()
+        async with httpx.AsyncClient(base_url=url, headers=bearer(ADMIN_KEY)) as client:
+            assert (await client.get("/v1/sandbox/messages")).status_code == 404
         deadline = asyncio.get_running_loop().time() + 30
         while b"worker_started" not in (tmp_path / "worker.log").read_bytes():
             assert asyncio.get_running_loop().time() < deadline, "worker did not start"
             await asyncio.sleep(0.1)
     finally:
         worker.close()
-    warnings = [
-        line
-        for line in (tmp_path / "worker.log").read_text().splitlines()
-        if "sandbox_routed_outside_dev" in line
-    ]
-    assert len(warnings) == 1
-    assert "sandbox-sms" in warnings[0] and "sandbox_disabled" in warnings[0]
+        api.close()
+    for log_file in ("worker.log", "api.log"):
+        warnings = [
+            line
+            for line in (tmp_path / log_file).read_text().splitlines()
+            if "sandbox_routed_outside_dev" in line
+        ]
+        assert len(warnings) == 1, log_file
+        assert "sandbox-sms" in warnings[0] and "sandbox_disabled" in warnings[0]
 
 
 async def test_behaviours_are_cached_briefly_and_a_local_change_is_seen_at_once() -> None:
