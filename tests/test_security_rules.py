@@ -567,3 +567,18 @@ def test_too_many_rules_or_providers_is_one_short_issue_each() -> None:
         ("providers", "has 201 entries, more than 200"),
         ("rules", "has 501 items, more than 500"),
     ]
+
+
+async def test_a_document_that_takes_too_long_to_check_is_a_422(sqlite_url: str) -> None:
+    values = stack_settings(sqlite_url, rules_validation_timeout_s=0.001)
+    async with running_stack(values, workers=0) as stack:
+        doc = default_rules()
+        doc["rules"][0:0] = [
+            {"name": f"r{i}", "match": {"channel": "sms", "country": ["GB"]}, "tiers": [["x"]]}
+            for i in range(450)
+        ]
+        refused = await put_rules(stack, doc)
+        assert refused.status_code == 422, refused.text
+        assert fields(refused) == ["$"] and "longer than" in refused.text
+        assert (await stack.client.get("/healthz")).status_code == 200
+        assert (await in_force(stack))["version"] == 1
