@@ -19,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from redis.asyncio import Redis
 from sqlalchemy import select
 
 from config.settings import DEV_OTP_SECRET, Settings
+from dlq.console.session import ConsoleSession, SessionStore, SessionsUnavailable
 from herald.signing import console_key
 from herald.storage.models import ApiKey
 from producer.auth import KeyStore
@@ -428,3 +430,22 @@ async def test_the_console_cookie_is_secure_when_a_trusted_proxy_says_https(
         c for c in response.headers.get_list("set-cookie") if c.startswith("herald_console=")
     )
     assert ("Secure" in cookie) is trusted_proxy
+
+
+async def test_console_sessions_fail_closed_without_redis() -> None:
+    """A cookie alone never signs anyone in: with Redis unreachable the console cannot
+    tell a live session from a signed-out one, so it refuses (the pages answer 503)."""
+    unreachable = Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    store = SessionStore(unreachable, ttl_s=60)
+    try:
+        for call in (
+            store.start("key-id"),
+            store.active(ConsoleSession("key-id", "nonce")),
+            store.end(ConsoleSession("key-id", "nonce")),
+        ):
+            with pytest.raises(SessionsUnavailable):
+                await call
+    finally:
+        await unreachable.aclose()
