@@ -655,6 +655,10 @@ async def test_the_console_refuses_a_replay_through_another_channel(sqlite_url: 
             )
             assert one.status_code == 422 and "sends push" in one.text
             preview = await client.get("/console/replay", params={"channel": "email"})
+            assert 'value="sandbox-email"' in preview.text
+            assert 'value="sandbox-sms"' not in preview.text
+            mixed = await client.get("/console/replay")
+            assert 'value="sandbox-email"' not in mixed.text, "no override over mixed channels"
             bulk = await client.post(
                 "/console/replay",
                 data={

@@ -46,6 +46,13 @@ def _choices(request: Request) -> dict[str, Any]:
     }
 
 
+def _providers_for(request: Request, channel: str | None) -> list[str]:
+    """The providers a replay may be sent through: only those of the messages' own
+    channel (none when a bulk filter names no channel: they could be mixed)."""
+    rules = request.app.state.rules_source.current()
+    return sorted(name for name, spec in rules.providers.items() if spec.channel == channel)
+
+
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letter_list(request: Request, seen: Reader) -> HTMLResponse:
     form = FilterForm.parse(request.query_params)
@@ -98,12 +105,7 @@ async def confirm_page(
     if action not in ("replay", "discard"):
         raise ConsoleRefused(404, "No such action.")
     entry = await _entry(request, dead_letter_id)
-    choices = _choices(request)
-    rules = request.app.state.rules_source.current()
-    # Only providers of the message's own channel can carry it.
-    choices["providers"] = [
-        name for name in choices["providers"] if rules.providers[name].channel == entry["channel"]
-    ]
+    choices = {**_choices(request), "providers": _providers_for(request, entry["channel"])}
     return render(request, f"confirm_{action}.html", seen, entry=entry, **choices)
 
 
@@ -190,7 +192,7 @@ async def bulk_preview(request: Request, seen: Writer) -> HTMLResponse:
         form=form,
         count=count,
         sample=sample,
-        **_choices(request),
+        **{**_choices(request), "providers": _providers_for(request, form.values.get("channel"))},
     )
 
 
