@@ -212,8 +212,9 @@ def _host(hostname: str | None, endpoint: str) -> tuple[str, IP | None]:
         raise ValueError(f"no host in {endpoint!r}")
     if not hostname.isascii():
         raise ValueError("write the host name in ASCII (punycode)")
-    ip = parse_ip(hostname)
-    return (ip.compressed if ip is not None else hostname.rstrip(".")), ip
+    name = hostname.rstrip(".")  # "169.254.169.254." is that address to a resolver
+    ip = parse_ip(name)
+    return (ip.compressed if ip is not None else name), ip
 
 
 def parse_url_target(endpoint: str) -> Target:

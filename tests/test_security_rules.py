@@ -224,6 +224,8 @@ async def test_validation_is_no_oracle_for_the_hosts_environment(
         "http://[::ffff:169.254.169.254]/",
         "http://2852039166/",  # 169.254.169.254 as one decimal number
         "http://0xa9fea9fe/",
+        "http://169.254.169.254./",
+        "http://0251.0376.0251.0376/",
         "http://[fe80::1]/",
         "http://0.0.0.0:8000/",
         "http://vendor.example.com/",  # plain http outside dev mode, though the host is listed
@@ -243,7 +245,13 @@ def test_endpoints_outside_the_allow_list_are_refused(endpoint: str) -> None:
 
 
 def test_the_operator_cannot_allow_link_local_or_remote_plain_http() -> None:
-    for entry in ("http://169.254.169.254", "https://[::ffff:169.254.169.254]", "http://10.0.0.7"):
+    for entry in (
+        "http://169.254.169.254",
+        "https://[::ffff:169.254.169.254]",
+        "https://169.254.169.254.",
+        "169.254.169.254:25",
+        "http://10.0.0.7",
+    ):
         with pytest.raises(ValueError, match="HERALD_ALLOWED_ENDPOINTS"):
             VendorPolicy.build(["HERALD_VENDOR_"], [entry])
 
