@@ -244,11 +244,13 @@ class Settings(BaseSettings):
         """Whether the sandbox API and providers are available in this process."""
         return self.dev_mode if self.sandbox_enabled is None else self.sandbox_enabled
 
-    def insecure_secrets(self) -> list[str]:
+    def insecure_secrets(self, *, serves_api: bool = True) -> list[str]:
         """What must be set before a non-dev process may start (empty: nothing).
 
-        A default or short OTP secret lets anyone compute codes; a console secret derived
-        from it (or equal to it) lets whoever learns one forge console sessions.
+        A default or short OTP secret lets anyone compute codes (every process renders
+        or checks them); a console secret derived from it (or equal to it) lets whoever
+        learns one forge console sessions and cursors, and the public dev key is an admin
+        key: those two matter only where the API runs (``serves_api``).
         """
         if self.dev_mode:
             return []
@@ -258,6 +260,8 @@ class Settings(BaseSettings):
             problems.append(
                 f"set HERALD_OTP_SECRET to a random value of at least {MIN_SECRET_BYTES} bytes"
             )
+        if not serves_api:
+            return problems
         console = self.console_secret.get_secret_value() if self.console_secret else ""
         if len(console.encode()) < MIN_SECRET_BYTES or console == otp:
             problems.append(

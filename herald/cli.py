@@ -69,14 +69,14 @@ def dev(migrate: bool = True) -> None:
     _run(run_dev(settings))
 
 
-def _production_settings() -> Settings:
+def _production_settings(*, serves_api: bool = True) -> Settings:
     """The settings of ``herald api`` or ``worker``: refused with one line on stderr (no
     traceback) and exit status 78 when a secret is the default, short or missing."""
     from herald.service import EX_CONFIG, StartupRefused, refuse_insecure_start
 
     settings = _settings()
     try:
-        refuse_insecure_start(settings)
+        refuse_insecure_start(settings, serves_api=serves_api)
     except StartupRefused as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EX_CONFIG) from None
@@ -101,7 +101,7 @@ def worker(
     """A stateless delivery worker."""
     from herald.service import run_worker
 
-    _run(run_worker(_production_settings(), queues, ingest=ingest))
+    _run(run_worker(_production_settings(serves_api=False), queues, ingest=ingest))
 
 
 @keys_app.command("create")

@@ -36,9 +36,9 @@ log = get_logger(__name__)
 EX_CONFIG = 78
 
 
-def refuse_insecure_start(settings: Settings) -> None:
+def refuse_insecure_start(settings: Settings, *, serves_api: bool = True) -> None:
     """Outside ``herald dev``, refuse default or short secrets before anything starts."""
-    problems = settings.insecure_secrets()
+    problems = settings.insecure_secrets(serves_api=serves_api)
     if problems:
         raise StartupRefused("herald: refusing to start: " + "; ".join(problems))
 
@@ -139,7 +139,7 @@ class WorkerParts:
 async def run_worker(
     settings: Settings, queues: Iterable[str] | None, *, ingest: bool = True
 ) -> None:
-    refuse_insecure_start(settings)
+    refuse_insecure_start(settings, serves_api=False)
     stop = _stop_event()
     resources = await Resources.open(settings, name="herald-worker")
     parts = await WorkerParts.start(

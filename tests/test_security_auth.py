@@ -70,7 +70,7 @@ def production(**values: Any) -> dict[str, str]:
         ("api", {"console_secret": "otp-" + LONG}, "HERALD_CONSOLE_SECRET"),  # = OTP secret
         ("api", {"bootstrap_api_key": "dev-admin-key"}, "HERALD_BOOTSTRAP_API_KEY"),
         ("worker", {"otp_secret": None}, "HERALD_OTP_SECRET"),
-        ("worker", {"console_secret": None}, "HERALD_CONSOLE_SECRET"),
+        ("worker", {"otp_secret": "short-secret"}, "HERALD_OTP_SECRET"),
     ],
 )
 async def test_api_and_worker_refuse_to_start_on_default_or_missing_secrets(

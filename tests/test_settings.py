@@ -179,6 +179,10 @@ def test_a_production_process_needs_strong_distinct_secrets() -> None:
     )
     assert ["HERALD_BOOTSTRAP_API_KEY" in p for p in dev_key.insecure_secrets()] == [True]
     assert Settings(dev_mode=True, bootstrap_api_key="dev-admin-key").insecure_secrets() == []
+    # A worker renders codes but serves no console and creates no bootstrap key.
+    worker = Settings(otp_secret="o" + STRONG, bootstrap_api_key="dev-admin-key")
+    assert worker.insecure_secrets(serves_api=False) == []
+    assert len(Settings().insecure_secrets(serves_api=False)) == 1
 
 
 def test_trusted_proxies_are_parsed_and_bad_ones_refused(monkeypatch: pytest.MonkeyPatch) -> None:
