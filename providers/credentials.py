@@ -30,10 +30,13 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from herald.errors import HeraldError
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 ENV_PREFIX = "env:"
 VENDOR_PREFIX = "HERALD_VENDOR_"
@@ -276,7 +279,7 @@ class VendorPolicy:
         return cls(check_prefixes(prefixes), tuple(parse_allowed(e) for e in endpoints), dev_mode)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> VendorPolicy:
+    def from_settings(cls, settings: Settings) -> VendorPolicy:
         return cls.build(
             settings.credential_env_prefixes,
             settings.allowed_endpoints,

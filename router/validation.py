@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from functools import cache
 from importlib import resources
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import phonenumbers
 from jsonschema import Draft202012Validator
@@ -44,6 +44,9 @@ from router.rules import (
     check_shape,
     parse_rules,
 )
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 Severity = Literal["error", "warning"]
 PathPart = str | int
@@ -102,7 +105,7 @@ class RulesPolicy:
     limits: DocumentLimits = dataclass_field(default_factory=DocumentLimits)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RulesPolicy:
+    def from_settings(cls, settings: Settings) -> RulesPolicy:
         return cls(
             VendorPolicy.from_settings(settings),
             DocumentLimits(
