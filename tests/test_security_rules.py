@@ -17,12 +17,13 @@ import yaml
 from typer.testing import CliRunner
 
 from herald.cli import app as cli
+from herald.storage.db import make_engine, make_session_factory
 from producer.auth import KeyStore
 from providers.credentials import CredentialRefused, EndpointRefused, VendorPolicy
 from providers.registry import ProviderDeps, build_provider
 from router.rules import DocumentRefused, load_json, load_yaml
 from router.store import RulesStore
-from router.validation import MAX_ISSUES, RulesPolicy, validate_document
+from router.validation import MAX_ISSUES, RulesInvalid, RulesPolicy, validate_document
 from tests.fakes.msg91_api import FakeMsg91
 from tests.support.console import post_form, signed_in
 from tests.support.stack import Stack, running_stack, stack_settings
@@ -590,3 +591,17 @@ async def test_a_document_that_takes_too_long_to_check_is_a_422(sqlite_url: str)
         assert fields(refused) == ["$"] and "longer than" in refused.text
         assert (await stack.client.get("/healthz")).status_code == 200
         assert (await in_force(stack))["version"] == 1
+
+
+async def test_a_routing_file_pointing_at_the_metadata_service_is_refused_at_start(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    bad = with_msg91(default_rules(), {"endpoint": "http://169.254.169.254/latest/"})
+    path = Path(routing_file(tmp_path, bad))
+    engine = make_engine(sqlite_url)
+    policy = RulesPolicy(VendorPolicy.build(["HERALD_VENDOR_"], [], dev_mode=True))
+    try:
+        with pytest.raises(RulesInvalid, match=r"providers\.msg91-in\.endpoint"):
+            await RulesStore(make_session_factory(engine), path, policy).current()
+    finally:
+        await engine.dispose()
