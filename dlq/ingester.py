@@ -154,8 +154,9 @@ class DeadLetterIngester:
 
     async def stop(self) -> None:
         if self._queue is not None and self._tag is not None:
+            # Bounded: with the broker link cut, a cancel would wait for the reconnect.
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+                await asyncio.wait_for(self._queue.cancel(self._tag), timeout=2.0)
         self._tag = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -207,6 +208,7 @@ class DeadLetterIngester:
 
     async def _pause(self, exc: BaseException) -> Settle:
         log.warning("dead_letter_store_failed", error=repr(exc))
+        metrics.DEAD_LETTER_STORE_PAUSES.inc()
         await asyncio.sleep(STORE_RETRY_PAUSE_S)  # the database is down: do not spin
         return Settle.REQUEUE
 

@@ -3,8 +3,10 @@
 closed ──(failure rate ≥ threshold over the window, with ≥ min_calls)──▶ open
 open ──(cool-down elapsed, on the next send)──▶ half_open
 half_open ──(``probes`` successes)──▶ closed;  ──(any probe failure)──▶ open
-At most ``probes`` sends are let through while half-open. A manual override (drain =
-forced open, or forced closed) beats every transition until it is cleared.
+At most ``probes`` sends are let through while half-open; a new round of probes starts
+only once the last round's could have answered (``probe_timeout_s``: a vendor that is
+slow rather than down gets ``probes`` calls per round, not per cool-down). A manual
+override (drain = forced open, or forced closed) beats every transition until it is cleared.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ class BreakerConfig:
     failure_rate: float = 0.5
     cooldown_s: float = 5.0
     probes: int = 3
+    #: How long a round of probes may go unanswered before another round starts (the
+    #: provider call timeout, plus a little); never less than ``cooldown_s``.
+    probe_timeout_s: float = 0.0
+
+    @property
+    def probe_round_s(self) -> float:
+        return max(self.cooldown_s, self.probe_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +104,7 @@ def request_send(b: Breaker, now: float, cfg: BreakerConfig) -> tuple[bool, Brea
             b, state=BreakerState.HALF_OPEN, opened_at=now, probes_started=0, probe_successes=0
         )
     if b.probes_started >= cfg.probes:
-        if now - b.opened_at < cfg.cooldown_s:
+        if now - b.opened_at < cfg.probe_round_s:
             return False, b
         # The probes never reported (their worker died): start a new round.
         b = replace(b, opened_at=now, probes_started=0, probe_successes=0)
@@ -121,7 +130,7 @@ def looks_available(b: Breaker, now: float, cfg: BreakerConfig) -> bool:
     if b.state is BreakerState.OPEN:
         return now - b.opened_at >= cfg.cooldown_s
     if b.state is BreakerState.HALF_OPEN:
-        return b.probes_started < cfg.probes or now - b.opened_at >= cfg.cooldown_s
+        return b.probes_started < cfg.probes or now - b.opened_at >= cfg.probe_round_s
     return True
 
 

@@ -38,6 +38,7 @@ def breaker_config(settings: Settings) -> BreakerConfig:
         failure_rate=settings.breaker_failure_rate,
         cooldown_s=settings.breaker_cooldown_s,
         probes=settings.breaker_probes,
+        probe_timeout_s=settings.provider_timeout_s + 1,
     )
 
 
@@ -100,6 +101,16 @@ class BreakerBoard:
             return cached.override is not Override.OPEN
         now = self.clock()
         return await self._transition(provider, lambda b: request_send(b, now, self.config))
+
+    def probing(self, provider: str) -> bool:
+        """Was the send ``acquire`` just let through a half-open probe? (This worker's
+        view, read with no I/O right after ``acquire``.)"""
+        cached = self._cache.get(provider)
+        return (
+            cached is not None
+            and cached.override is None
+            and cached.state is BreakerState.HALF_OPEN
+        )
 
     async def record(self, provider: str, *, ok: bool, latency_ms: float | None = None) -> None:
         """Count one call; trip or close the breaker when the numbers say so."""

@@ -150,16 +150,17 @@ async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> Non
         )
 
 
-async def test_a_poison_message_is_dead_lettered_by_the_broker(stack: Stack) -> None:
-    """A delivery that crashes every time hits the queue's delivery limit; RabbitMQ
-    dead-letters it and the ingester records it, so it does not loop forever."""
+async def test_a_poison_message_is_dead_lettered_after_its_crash_retries(stack: Stack) -> None:
+    """A delivery that crashes every time (a sandbox behaviour no code expects) is tried
+    HERALD_CRASH_RETRIES more times, then dead-lettered as ``crashed`` with the exception
+    type, instead of looping to the queue's delivery limit."""
 
     await stack.redis.hset(names.sandbox_config_key(), "sandbox-push", b'{"unexpected": 1}')
     nid = (await stack.send(channel="push", to="tok-1", category="transactional", body="x")).json()[
         "id"
     ]
     done = await stack.wait_status(nid, "dead_lettered", timeout=30)
-    assert done["last_error_code"] == "broker_delivery_limit"
+    assert done["last_error_code"] == "TypeError"
     [item] = await _dlq_items(stack, 1)
-    assert item["notification_id"] == nid and item["reason"] == "exhausted"
+    assert item["notification_id"] == nid and item["reason"] == "crashed"
     assert await stack.sandbox(nid) == []

@@ -1,15 +1,19 @@
 """Idempotency claims in Redis: one worker at a time per notification, "done" once sent.
 
-A claim is a lease (``SET NX PX``) so a crashed worker's claim expires by itself; the
-database row stays the source of truth and is checked after every claim.
+A claim is a lease (``SET NX PX``) so a crashed worker's claim expires by itself. It is
+only the fast path: Redis may lose it (a restart without persistence, a failover that
+drops writes), so the database row's own lease (workers/store.py) is what fences a send.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
+import secrets
 
 from redis.asyncio import Redis
 
+from config.settings import Settings
 from herald import names
 
 _RELEASE = """
@@ -17,6 +21,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 DONE = b"done"
+#: A lease outlives the longest vendor call by this much, so a live call never loses it.
+LEASE_MARGIN_S = 2.0
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claim and a row's lease last: ``HERALD_CLAIM_LEASE_S``, but never less
+    than one provider call plus a margin (each attempt renews it)."""
+    return max(settings.claim_lease_s, settings.provider_timeout_s + LEASE_MARGIN_S)
+
+
+class LeaseTokens:
+    """Lease owners unique to each delivery: ``<worker>/<random>-<n>``, so two copies of
+    one message in the same worker never share a lease (at most 100 characters)."""
+
+    def __init__(self, worker: str) -> None:
+        self._prefix = f"{worker[:70]}/{secrets.token_hex(4)}-"
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
 
 
 class ClaimResult(enum.Enum):

@@ -20,6 +20,8 @@ from herald.readiness import NotConsuming, ensure_consuming
 from workers.delivery import Delivery, Disposition
 
 log = get_logger(__name__)
+#: How long a consumer cancel may wait at shutdown (a cut link never answers).
+CANCEL_WAIT_S = 2.0
 
 
 async def apply_disposition(message: AbstractIncomingMessage, disposition: Disposition) -> None:
@@ -95,11 +97,16 @@ class Consumer:
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking messages, then wait (bounded) for the ones in hand."""
-        for queue, tag in self._consuming:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+        # Together and bounded: with the broker link cut, a cancel waits for the reconnect
+        # (the robust queue forgets the consumer first, so it is not restored either way).
+        await asyncio.gather(*(_cancel(queue, tag) for queue, tag in self._consuming))
         self._consuming.clear()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
         except TimeoutError:
             log.warning("shutdown_grace_exceeded", in_flight=len(self._in_flight))
+
+
+async def _cancel(queue: AbstractQueue, tag: str) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(queue.cancel(tag), timeout=CANCEL_WAIT_S)

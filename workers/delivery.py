@@ -13,7 +13,7 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -30,16 +30,16 @@ from herald.domain import (
     Status,
     utcnow,
 )
-from herald.errors import PermanentProviderError, TransientProviderError
+from herald.errors import PermanentProviderError, ProviderError, TransientProviderError
 from herald.logs import get_logger
 from providers.base import Provider, Receipt
 from router.health import BreakerBoard
 from router.rules import RoutingRules
 from router.select import plan
 from workers.backoff import backoff_delay, retry_bucket_ms
-from workers.claims import ClaimResult, Claims
+from workers.claims import ClaimResult, Claims, LeaseTokens, lease_seconds
 from workers.events import EventPublisher
-from workers.otp_render import OtpRenderer, fallback_ids
+from workers.otp_render import OTP_STATE_LOST, OtpRenderer, fallback_ids
 from workers.poison import (
     HEADER_CRASHES,
     HEADER_DEFERRALS,
@@ -52,10 +52,21 @@ from workers.poison import (
     exception_code,
     is_infrastructure,
 )
-from workers.store import URGENT, DeliveryStore, Interrupted, Skip
+from workers.store import (
+    TIMEOUT_CODE,
+    URGENT,
+    Begun,
+    DeliveryStore,
+    Held,
+    Interrupted,
+    Lease,
+    Skip,
+    StatusWrite,
+)
 from workers.throttle import ProviderThrottle
 
 log = get_logger(__name__)
+
 
 class Disposition(enum.Enum):
     ACK = "ack"
@@ -89,8 +100,46 @@ class Delivery:
     def __init__(self, ctx: DeliveryContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
+        self.lease_s = lease_seconds(ctx.settings)
+        self._tokens = LeaseTokens(ctx.claims.owner.decode())
+        self._running: set[asyncio.Task[Disposition]] = set()
 
     async def handle(
+        self,
+        raw: bytes,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+        queue: str | None = None,
+    ) -> Disposition:
+        """Deliver one message in a task of its own that the caller cannot cancel.
+
+        A broker link that drops cancels the consumer's callback (aiormq cancels its
+        tasks when a channel closes), never a vendor call in progress: the delivery
+        finishes and records its outcome, the ack is lost with the channel, and the copy
+        RabbitMQ redelivers finds the outcome recorded and is skipped.
+        """
+        task = asyncio.create_task(self._handle(raw, headers, message_id=message_id, queue=queue))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                log.warning("delivery_outlives_its_channel", in_flight=len(self._running))
+                task.add_done_callback(_report_orphan)
+            raise
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for deliveries still running, those whose consumer
+        callback was cancelled (a broker cut before a SIGTERM) included."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=max(0.0, timeout_s))
+        if pending:
+            log.warning("shutdown_grace_exceeded", in_flight=len(pending))
+
+    async def _handle(
         self,
         raw: bytes,
         headers: Mapping[str, Any] | None = None,
@@ -124,7 +173,7 @@ class Delivery:
         ctx = self.ctx
         now = utcnow()
         if message.is_expired(now):
-            return await self._expire(message, raw)
+            return await self._expire(message, raw, headers)
 
         claim = await ctx.claims.acquire(message.id, message.generation)
         if claim is ClaimResult.DONE:
@@ -136,70 +185,106 @@ class Delivery:
             return await self._defer(message, raw, headers, reason="claimed_elsewhere")
 
         try:
-            return await self._deliver_claimed(message, raw, now)
+            return await self._deliver_claimed(message, raw, now, headers)
         except BaseException:
             await self._release_quietly(message)
             raise
 
-    async def _deliver_claimed(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
+    async def _deliver_claimed(
+        self, message: Envelope, raw: bytes, now: datetime, headers: Mapping[str, Any]
+    ) -> Disposition:
         ctx = self.ctx
         if message.otp_id is not None:
             rendered = await ctx.otp.render(message)
             if isinstance(rendered, str) or await self._earlier_channel_delivered(message):
                 await ctx.claims.release(message.id, message.generation)
+                if rendered == OTP_STATE_LOST:
+                    return await self._otp_state_lost(message, raw, headers)
                 if rendered in ("dead", "expired"):
-                    return await self._expire(message, raw)
-                return await self._not_needed(message, now)
+                    return await self._expire(message, raw, headers)
+                return await self._not_needed(message, raw, now, headers)
             message = rendered
         rules = ctx.rules()
         available = await ctx.breakers.availability(rules.providers)
         route = plan(rules, message, available)
         if not route.considered:
-            return await self._no_route(message, raw, now)
+            return await self._no_route(message, raw, now, headers)
+        owner = self._tokens.next()
+        lease = self._lease(owner)
         attempt_no: int | None = None
+        charged_before = 0  # the attempts charged before this round
+        only_probes = True  # every call of this round was a half-open probe
         failure: SendFailure | None = None
         for candidate in route.order:
             provider = ctx.providers.get(candidate.provider)
             if provider is None or not await ctx.breakers.acquire(candidate.provider):
                 continue
+            probe = ctx.breakers.probing(candidate.provider)
             default_rate = getattr(provider, "default_max_per_s", None)
             if not await ctx.throttle.wait_turn(rules.providers[candidate.provider], default_rate):
                 continue  # at its max_per_s: try the next candidate rather than queue here
+            lease = self._lease(owner)  # each attempt renews it for one more call
+            attempt_id: int | None
             if attempt_no is None:
                 begun = await ctx.store.begin(
-                    message.id, message.generation, provider.name, now, rules.version
+                    message.id, message.generation, provider.name, utcnow(), lease, rules.version
                 )
                 if isinstance(begun, Skip):
                     return await self._skip(message, raw, begun)
+                if isinstance(begun, Held):
+                    # Redis said free but the database says another delivery is sending:
+                    # Redis lost its claims. Wait for that send to finish (or its lease to
+                    # lapse), never send beside it.
+                    await ctx.claims.release(message.id, message.generation)
+                    return await self._defer(message, raw, headers, reason="leased_elsewhere")
                 if isinstance(begun, Interrupted):
-                    if await self._reconcile(message, begun):
+                    if await self._reconcile(message, begun, lease):
                         return Disposition.ACK
-                    attempt_no = begun.pending.attempt_no
+                    attempt_no = charged_before = begun.pending.attempt_no
                     attempt_id = await ctx.store.start_attempt(
-                        message.id, message.generation, attempt_no, provider.name, utcnow()
+                        message.id, message.generation, attempt_no, provider.name, utcnow(), lease
                     )
                 else:
                     attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
+                    charged_before = attempt_no - 1
+                    if begun.timed_out and await self._found_after_timeout(message, begun, lease):
+                        return Disposition.ACK
             else:  # failover within the same delivery: a new attempt row, same round
                 attempt_id = await ctx.store.start_attempt(
-                    message.id, message.generation, attempt_no, provider.name, utcnow()
+                    message.id, message.generation, attempt_no, provider.name, utcnow(), lease
                 )
-            outcome = await self._call(message, provider, attempt_id)
+            if attempt_id is None:
+                return self._lease_lost(message)
+            outcome = await self._call(message, provider, attempt_id, lease)
             if isinstance(outcome, Receipt):
                 return Disposition.ACK
             if outcome.permanent:
                 return await self._fail(message, raw, outcome, attempt_no)
             failure = outcome
+            only_probes = only_probes and probe
 
         await ctx.claims.release(message.id, message.generation)
         if attempt_no is None or failure is None:
             return await self._wait_for_health(message, raw, now)
-        return await self._retry_or_exhaust(message, raw, failure, attempt_no)
+        if only_probes:
+            return await self._probe_failed(message, raw, failure, charged_before, lease)
+        return await self._retry_or_exhaust(message, raw, failure, attempt_no, lease)
+
+    def _lease(self, owner: str) -> Lease:
+        return Lease(owner, utcnow() + timedelta(seconds=self.lease_s))
+
+    def _lease_lost(self, message: Envelope) -> Disposition:
+        """This delivery's lease lapsed and another delivery took the row over (with its
+        own copy of the message): that one owns the outcome now; this copy is done."""
+        log.warning("delivery_lease_lost", notification_id=message.id)
+        metrics.DUPLICATES_SKIPPED.labels("lease_lost").inc()
+        return Disposition.ACK
 
     async def _call(
-        self, message: Envelope, provider: Provider, attempt_id: int
+        self, message: Envelope, provider: Provider, attempt_id: int, lease: Lease
     ) -> Receipt | SendFailure:
-        """One provider call, recorded; the breaker learns the outcome."""
+        """One provider call, recorded; the breaker learns the outcome (a timeout is a
+        failure like any transient one)."""
         ctx = self.ctx
         labels = (message.channel.value, message.category.value, provider.name)
         started = time.perf_counter()
@@ -215,7 +300,7 @@ class Delivery:
             failure = SendFailure(
                 provider.name,
                 str(exc) or "provider call timed out",
-                transient.code if transient else "timeout",
+                transient.code if transient else TIMEOUT_CODE,
                 False,
                 transient.retry_after if transient else None,
             )
@@ -223,7 +308,7 @@ class Delivery:
             latency = _ms_since(started)
             metrics.PROVIDER_LATENCY.labels(provider.name).observe(latency / 1000)
             await ctx.breakers.record(provider.name, ok=True, latency_ms=latency)
-            await self._record_sent(message, attempt_id, receipt, latency)
+            await self._record_sent(message, attempt_id, receipt, latency, lease)
             metrics.SENT.labels(*labels).inc()
             return receipt
         latency = _ms_since(started)
@@ -241,6 +326,7 @@ class Delivery:
             status=Status.FAILED if failure.permanent else Status.SENDING,
             now=utcnow(),
             latency_ms=latency,
+            lease=lease,
             error=failure.error,
             error_code=failure.code,
         )
@@ -264,10 +350,12 @@ class Delivery:
                 return True
         return False
 
-    async def _not_needed(self, message: Envelope, now: datetime) -> Disposition:
+    async def _not_needed(
+        self, message: Envelope, raw: bytes, now: datetime, headers: Mapping[str, Any]
+    ) -> Disposition:
         """Nothing was lost (the code was verified, or came through on another channel):
         ``expired`` without a dead letter."""
-        await self.ctx.store.set_status(
+        written = await self.ctx.store.set_status(
             message.id,
             Status.EXPIRED,
             now,
@@ -275,7 +363,45 @@ class Delivery:
             error_code="otp_not_needed",
             only_if_not_terminal=True,
         )
+        if written is StatusWrite.HELD:
+            return await self._defer(message, raw, headers, reason="leased_elsewhere")
         return Disposition.ACK
+
+    async def _otp_state_lost(
+        self, message: Envelope, raw: bytes, headers: Mapping[str, Any]
+    ) -> Disposition:
+        """The OTP's record vanished from Redis before its expiry (Redis lost its data):
+        the code cannot be rebuilt, so this message fails for good, dead-lettered so
+        on-call sees the loss; the caller must ask for a new code (the old one no longer
+        verifies either)."""
+        error = (
+            "the one-time passcode's state was lost from Redis before it expired "
+            "(Redis restarted empty or failed over): it cannot be sent; ask for a new code"
+        )
+        written = await self.ctx.store.set_status(
+            message.id,
+            Status.FAILED,
+            utcnow(),
+            error=error,
+            error_code=OTP_STATE_LOST,
+            only_if_not_terminal=True,
+        )
+        if written is StatusWrite.HELD:
+            return await self._defer(message, raw, headers, reason="leased_elsewhere")
+        if written is StatusWrite.FINAL:
+            return Disposition.ACK
+        log.warning("otp_state_lost", notification_id=message.id, otp_id=message.otp_id)
+        details = await self.ctx.store.dead_letter_details(message.id) or {}
+        return await self._dead_letter(
+            message,
+            raw,
+            DeadLetterReason.PERMANENT_ERROR,
+            error,
+            OTP_STATE_LOST,
+            _str(details.get("last_provider")),
+            int(details.get("attempt_count") or 0),  # type: ignore[call-overload]
+            Status.FAILED,
+        )
 
     async def _hurry_fallback(self, message: Envelope) -> None:
         """This OTP message failed for good: its next fallback channel goes now."""
@@ -301,12 +427,16 @@ class Delivery:
         )
 
     async def _retry_or_exhaust(
-        self, message: Envelope, raw: bytes, failure: SendFailure, attempt_no: int
+        self, message: Envelope, raw: bytes, failure: SendFailure, attempt_no: int, lease: Lease
     ) -> Disposition:
         """Every candidate failed transiently: back off, or give up when out of attempts."""
         policy = self.settings.backoff_for(message.category.value)
         if attempt_no >= policy.max_attempts:
-            await self.ctx.store.set_status(message.id, Status.DEAD_LETTERED, utcnow())
+            written = await self.ctx.store.set_status(
+                message.id, Status.DEAD_LETTERED, utcnow(), lease=lease
+            )
+            if written is StatusWrite.HELD:
+                return self._lease_lost(message)
             return await self._dead_letter(
                 message,
                 raw,
@@ -317,12 +447,41 @@ class Delivery:
                 attempt_no,
                 Status.DEAD_LETTERED,
             )
-        await self.ctx.store.set_status(message.id, Status.RETRY_SCHEDULED, utcnow())
+        written = await self.ctx.store.set_status(
+            message.id, Status.RETRY_SCHEDULED, utcnow(), lease=lease
+        )
+        if written is StatusWrite.HELD:
+            return self._lease_lost(message)
         metrics.RETRIED.labels(
             message.channel.value, message.category.value, failure.provider
         ).inc()
         delay = backoff_delay(attempt_no, policy, retry_after=failure.retry_after)
         return await self._schedule_retry(message, raw, delay, at_least_s=failure.retry_after)
+
+    async def _probe_failed(
+        self,
+        message: Envelope,
+        raw: bytes,
+        failure: SendFailure,
+        charged_before: int,
+        lease: Lease,
+    ) -> Disposition:
+        """Every call of this round was a half-open probe and failed: the vendor is still
+        unhealthy, which is the breaker's test, not the message's attempt. It goes back to
+        waiting for health with its attempts as they were (the call stays in its history)."""
+        written = await self.ctx.store.set_status(
+            message.id,
+            Status.RETRY_SCHEDULED,
+            utcnow(),
+            error=failure.error,
+            error_code=failure.code,
+            lease=lease,
+            attempt_count=charged_before,
+        )
+        if written is StatusWrite.HELD:
+            return self._lease_lost(message)
+        metrics.DEFERRED.labels("probe_failed").inc()
+        return await self._schedule_retry(message, raw, self.ctx.breakers.config.cooldown_s)
 
     async def _wait_for_health(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
         """No candidate could take it now (breakers open, or at their max_per_s): wait,
@@ -338,8 +497,10 @@ class Delivery:
         metrics.DEFERRED.labels("no_healthy_provider").inc()
         return await self._schedule_retry(message, raw, self.ctx.breakers.config.cooldown_s)
 
-    async def _no_route(self, message: Envelope, raw: bytes, now: datetime) -> Disposition:
-        await self.ctx.store.set_status(
+    async def _no_route(
+        self, message: Envelope, raw: bytes, now: datetime, headers: Mapping[str, Any]
+    ) -> Disposition:
+        written = await self.ctx.store.set_status(
             message.id,
             Status.FAILED,
             now,
@@ -348,6 +509,8 @@ class Delivery:
             only_if_not_terminal=True,
         )
         await self.ctx.claims.release(message.id, message.generation)
+        if written is StatusWrite.HELD:
+            return await self._defer(message, raw, headers, reason="leased_elsewhere")
         return await self._dead_letter(
             message,
             raw,
@@ -365,6 +528,7 @@ class Delivery:
         attempt_id: int,
         receipt: Receipt,
         latency_ms: float | None,
+        lease: Lease,
         outcome: AttemptOutcome = AttemptOutcome.SENT,
     ) -> None:
         ctx = self.ctx
@@ -375,20 +539,24 @@ class Delivery:
             status=Status.SENT,
             now=utcnow(),
             latency_ms=latency_ms,
+            lease=lease,
             vendor_message_id=receipt.vendor_message_id,
+            provider=receipt.provider,
         )
         await ctx.claims.mark_done(message.id, message.generation)
         await ctx.events.publish("sent", message, provider=receipt.provider)
 
-    async def _reconcile(self, message: Envelope, interrupted: Interrupted) -> bool:
-        """A previous worker died mid-send: ask the vendor before sending again."""
+    async def _reconcile(self, message: Envelope, interrupted: Interrupted, lease: Lease) -> bool:
+        """A previous worker died mid-send (its lease lapsed): ask the vendor before
+        sending again; if it cannot tell, mark that attempt ``unknown`` first."""
         ctx = self.ctx
         pending = interrupted.pending
-        provider = ctx.providers.get(pending.provider)
-        receipt = await provider.lookup(message) if provider is not None else None
+        receipt = await self._lookup(message, pending.provider)
         if receipt is not None:
             log.info("send_reconciled", notification_id=message.id, provider=pending.provider)
-            await self._record_sent(message, pending.id, receipt, None, AttemptOutcome.RECONCILED)
+            await self._record_sent(
+                message, pending.id, receipt, None, lease, AttemptOutcome.RECONCILED
+            )
             return True
         await ctx.store.finish(
             notification_id=message.id,
@@ -397,10 +565,42 @@ class Delivery:
             status=Status.SENDING,
             now=utcnow(),
             latency_ms=None,
+            lease=lease,
             error="worker stopped during the provider call; vendor has no record",
             error_code="interrupted",
         )
         return False
+
+    async def _found_after_timeout(self, message: Envelope, begun: Begun, lease: Lease) -> bool:
+        """An earlier call timed out, so the vendor may have sent it: ask each such vendor
+        that can answer (``Provider.lookup``) before sending again. Found: this attempt
+        records that send (``reconciled``) and nothing is resent."""
+        for name in begun.timed_out:
+            receipt = await self._lookup(message, name)
+            if receipt is None:
+                continue
+            log.info("send_found_after_timeout", notification_id=message.id, provider=name)
+            await self._record_sent(
+                message, begun.attempt_id, receipt, None, lease, AttemptOutcome.RECONCILED
+            )
+            return True
+        return False
+
+    async def _lookup(self, message: Envelope, provider_name: str) -> Receipt | None:
+        """Did ``provider_name`` already accept this message? ``None`` when it does not
+        know, cannot say (no lookup), fails, or takes longer than a send may."""
+        provider = self.ctx.providers.get(provider_name)
+        if provider is None:
+            return None
+        try:
+            return await asyncio.wait_for(
+                provider.lookup(message), timeout=self.settings.provider_timeout_s
+            )
+        except (ProviderError, TimeoutError) as exc:
+            log.warning(
+                "lookup_failed", notification_id=message.id, provider=provider_name, error=str(exc)
+            )
+            return None
 
     async def _skip(self, message: Envelope, raw: bytes, skip: Skip) -> Disposition:
         ctx = self.ctx
@@ -446,8 +646,10 @@ class Delivery:
             )
         return Disposition.ACK
 
-    async def _expire(self, message: Envelope, raw: bytes) -> Disposition:
-        changed = await self.ctx.store.set_status(
+    async def _expire(
+        self, message: Envelope, raw: bytes, headers: Mapping[str, Any]
+    ) -> Disposition:
+        written = await self.ctx.store.set_status(
             message.id,
             Status.EXPIRED,
             utcnow(),
@@ -455,7 +657,11 @@ class Delivery:
             error_code="expired",
             only_if_not_terminal=True,
         )
-        if not changed:
+        if written is StatusWrite.HELD:
+            # A send that began before the expiry is in progress: its outcome stands, and
+            # if its worker died, this copy expires the row once the lease lapses.
+            return await self._defer(message, raw, headers, reason="leased_elsewhere")
+        if written is StatusWrite.FINAL:
             return Disposition.ACK  # already terminal (sent, or expired before)
         details = await self.ctx.store.dead_letter_details(message.id) or {}
         return await self._dead_letter(
@@ -654,6 +860,18 @@ def _source_headers(message_id: str | None, queue: str | None) -> dict[str, str]
     """Where a dead-lettered message came from (the ingester dedupes on the message id)."""
     out = {HEADER_SOURCE_MESSAGE_ID: message_id or "", HEADER_SOURCE_QUEUE: queue or ""}
     return {k: v for k, v in out.items() if v}
+
+
+def _report_orphan(task: asyncio.Task[Disposition]) -> None:
+    """A delivery whose consumer callback was cancelled ended: nobody acks it (its channel
+    is gone), so say how it ended; the redelivered copy finds the recorded outcome."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("delivery_failed_after_channel_loss", exc_info=exc)
+    else:
+        log.info("delivery_finished_after_channel_loss", disposition=task.result().value)
 
 
 def _ms_since(started: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from router.health import BreakerBoard, breaker_config
 from router.source import RulesSource
 from router.store import RulesStore
 from router.validation import RulesPolicy
-from workers.claims import Claims
+from workers.claims import Claims, lease_seconds
 from workers.consumer import Consumer
 from workers.delivery import Delivery, DeliveryContext
 from workers.events import EventPublisher
@@ -39,7 +40,12 @@ class Worker:
         await self.consumer.start()
 
     async def stop(self, grace_s: float) -> None:
+        """Stop consuming, then give deliveries still running (those whose consumer
+        callback a broker cut cancelled included) what is left of ``grace_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
         await self.consumer.stop(grace_s)
+        await self.consumer.delivery.drain(deadline - loop.time())
         await self.rules.stop()
         await self.providers.close()
 
@@ -65,7 +71,7 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
     ctx = DeliveryContext(
         settings=settings,
         store=DeliveryStore(resources.sessions, bulk_slots=2 if settings.is_sqlite else 16),
-        claims=Claims(resources.redis, owner=worker_identity(), lease_s=settings.claim_lease_s),
+        claims=Claims(resources.redis, owner=worker_identity(), lease_s=lease_seconds(settings)),
         publisher=resources.publisher,
         events=EventPublisher(resources.amqp),
         providers=providers,

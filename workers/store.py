@@ -1,16 +1,25 @@
-"""What the delivery loop reads and writes in the database (SQLAlchemy Core, one txn each)."""
+"""What the delivery loop reads and writes in the database (SQLAlchemy Core, one txn each).
+
+The row's **lease** (``lease_owner``, ``lease_until``) fences every send: a worker calls a
+vendor only after its guarded ``UPDATE`` won the row, in the transaction that writes the
+attempt as ``sending``. Redis claims stay the fast path in front; when Redis loses them
+(a restart without persistence, a failover that drops writes), the lease still lets one
+worker at a time send. Writes from a worker that does not hold the lease never touch a
+row another worker holds (``StatusWrite.HELD``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status, utcnow
@@ -32,9 +41,28 @@ class PendingAttempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """One delivery's hold on a row: a token no other delivery shares (two copies of a
+    message in one worker get two), and when it lapses unless renewed."""
+
+    owner: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Begun:
     attempt_id: int
     attempt_no: int
+    #: Providers an earlier attempt of this generation timed out on: a timed-out call may
+    #: have reached the vendor, so the delivery asks them (``lookup``) before sending.
+    timed_out: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Another delivery holds the row's lease (its send is in progress): wait for it."""
+
+    owner: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +77,23 @@ class Skip:
 class Interrupted:
     pending: PendingAttempt
     attempt_count: int
+
+
+class StatusWrite(enum.Enum):
+    """What a status write by a worker that holds no lease did."""
+
+    CHANGED = "changed"
+    FINAL = "final"  # the row is terminal (or gone): nothing left to do
+    HELD = "held"  # another delivery holds the row's lease: try again after it ends
+
+
+#: The error code a call that got no answer in time is recorded with (ours and adapters').
+TIMEOUT_CODE = "timeout"
+
+
+def lease_free(now: datetime) -> ColumnElement[bool]:
+    """No delivery holds the row: never leased, released, or lapsed (its holder died)."""
+    return or_(N.c.lease_until.is_(None), N.c.lease_until <= now)
 
 
 #: Set in the task delivering a high-priority message (an OTP): its database work skips
@@ -77,15 +122,28 @@ class DeliveryStore:
         generation: int,
         provider: str,
         now: datetime,
+        lease: Lease,
         rules_version: int | None = None,
-    ) -> Begun | Skip | Interrupted:
-        """Check the row and, when a send is due, write the attempt (``sending``) first."""
+    ) -> Begun | Skip | Interrupted | Held:
+        """Win the row's lease and write the attempt (``sending``), in one transaction,
+        before any vendor call; or say why not (nothing to send, or held elsewhere).
+
+        The ``UPDATE`` is guarded by what was read (status, attempt count, generation) and
+        by the lease being free, so of two workers racing for one row exactly one wins;
+        a row left ``sending`` by a holder whose lease lapsed comes back as
+        ``Interrupted``, for the caller to reconcile before it sends again.
+        """
         async with self._turn(), self.engine.begin() as session:
             row = (
                 await session.execute(
-                    select(N.c.status, N.c.generation, N.c.attempt_count).where(
-                        N.c.id == notification_id
-                    )
+                    select(
+                        N.c.status,
+                        N.c.generation,
+                        N.c.attempt_count,
+                        N.c.lease_owner,
+                        N.c.lease_until,
+                        N.c.last_error_code,
+                    ).where(N.c.id == notification_id)
                 )
             ).first()
             if row is None:
@@ -95,34 +153,109 @@ class DeliveryStore:
                 return Skip(status, "stale_generation")
             if status.is_terminal:
                 return Skip(status, "terminal")
-            if status is Status.SENDING:
-                pending = (
-                    await session.execute(
-                        select(A.c.id, A.c.provider, A.c.attempt_no)
-                        .where(
-                            A.c.notification_id == notification_id,
-                            A.c.generation == generation,
-                            A.c.outcome == AttemptOutcome.SENDING.value,
-                        )
-                        .order_by(A.c.id.desc())
-                        .limit(1)
-                    )
-                ).first()
-                if pending is not None:
-                    return Interrupted(
-                        PendingAttempt(pending.id, pending.provider, pending.attempt_no),
-                        row.attempt_count,
-                    )
-            attempt_no = row.attempt_count + 1
-            attempt_id = await self._insert_attempt(
-                session, notification_id, generation, attempt_no, provider, now, rules_version
+            if row.lease_until is not None and row.lease_until > now:
+                return Held(row.lease_owner)
+            pending = (
+                await self._pending(session, notification_id, generation)
+                if status is Status.SENDING
+                else None
             )
-            return Begun(attempt_id, attempt_no)
+            # Taking over an interrupted send re-uses its attempt number (not charged twice).
+            attempt_no = pending.attempt_no if pending else row.attempt_count + 1
+            values: dict[str, object] = {
+                "status": Status.SENDING.value,
+                "attempt_count": attempt_no,
+                "updated_at": now,
+                "lease_owner": lease.owner,
+                "lease_until": lease.until,
+            }
+            if pending is None:
+                values["last_provider"] = provider
+            if rules_version is not None:
+                values["rules_version"] = rules_version
+            won = await session.execute(
+                update(N)
+                .where(
+                    N.c.id == notification_id,
+                    N.c.generation == generation,
+                    N.c.status == row.status,
+                    N.c.attempt_count == row.attempt_count,
+                    lease_free(now),
+                )
+                .values(**values)
+            )
+            if not _rowcount(won):
+                return Held(None)  # another worker won it between our read and write
+            if pending is not None:
+                return Interrupted(pending, row.attempt_count)
+            timed_out = (
+                await self._timed_out(session, notification_id, generation)
+                if row.last_error_code == TIMEOUT_CODE
+                else ()
+            )
+            attempt_id = await self._insert_attempt(
+                session, notification_id, generation, attempt_no, provider, now
+            )
+            return Begun(attempt_id, attempt_no, timed_out)
+
+    async def _pending(
+        self, session: AsyncConnection, notification_id: str, generation: int
+    ) -> PendingAttempt | None:
+        pending = (
+            await session.execute(
+                select(A.c.id, A.c.provider, A.c.attempt_no)
+                .where(
+                    A.c.notification_id == notification_id,
+                    A.c.generation == generation,
+                    A.c.outcome == AttemptOutcome.SENDING.value,
+                )
+                .order_by(A.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        return PendingAttempt(pending.id, pending.provider, pending.attempt_no) if pending else None
+
+    async def _timed_out(
+        self, session: AsyncConnection, notification_id: str, generation: int
+    ) -> tuple[str, ...]:
+        """Providers whose calls for this generation got no answer in time (rare: read
+        only when the last attempt timed out)."""
+        rows = await session.execute(
+            select(A.c.provider)
+            .where(
+                A.c.notification_id == notification_id,
+                A.c.generation == generation,
+                A.c.error_code == TIMEOUT_CODE,
+            )
+            .distinct()
+        )
+        return tuple(sorted(rows.scalars()))
 
     async def start_attempt(
-        self, notification_id: str, generation: int, attempt_no: int, provider: str, now: datetime
-    ) -> int:
+        self,
+        notification_id: str,
+        generation: int,
+        attempt_no: int,
+        provider: str,
+        now: datetime,
+        lease: Lease,
+    ) -> int | None:
+        """Another attempt within the same delivery (a failover, or the send after a
+        reconciled interruption): renews the lease; ``None`` if this delivery lost it."""
         async with self._turn(), self.engine.begin() as session:
+            renewed = await session.execute(
+                update(N)
+                .where(N.c.id == notification_id, N.c.lease_owner == lease.owner)
+                .values(
+                    status=Status.SENDING.value,
+                    attempt_count=attempt_no,
+                    updated_at=now,
+                    last_provider=provider,
+                    lease_until=lease.until,
+                )
+            )
+            if not _rowcount(renewed):
+                return None
             return await self._insert_attempt(
                 session, notification_id, generation, attempt_no, provider, now
             )
@@ -135,7 +268,6 @@ class DeliveryStore:
         attempt_no: int,
         provider: str,
         now: datetime,
-        rules_version: int | None = None,
     ) -> int:
         result = await session.execute(
             insert(A).values(
@@ -147,15 +279,6 @@ class DeliveryStore:
                 started_at=now,
             )
         )
-        values: dict[str, object] = {
-            "status": Status.SENDING.value,
-            "attempt_count": attempt_no,
-            "updated_at": now,
-            "last_provider": provider,
-        }
-        if rules_version is not None:
-            values["rules_version"] = rules_version
-        await session.execute(update(N).where(N.c.id == notification_id).values(**values))
         return inserted_id(result)
 
     async def finish(
@@ -167,31 +290,45 @@ class DeliveryStore:
         status: Status,
         now: datetime,
         latency_ms: float | None,
+        lease: Lease,
         vendor_message_id: str | None = None,
         error: str | None = None,
         error_code: str | None = None,
+        provider: str | None = None,
     ) -> None:
-        """Record one attempt's outcome and the notification's new status together."""
+        """Record one attempt's outcome and the notification's new status together.
+
+        ``sending`` keeps the lease (the delivery goes on with the next candidate); any
+        other status releases it. ``sent`` is written whoever holds the lease now (the
+        vendor took it: that is the truth); any other status only by the lease's holder,
+        so a delivery that lost its lease cannot undo the one that took it over.
+        ``provider`` names the vendor that answered when it is not the attempt's own
+        (a lookup that found an earlier, timed-out send).
+        """
         async with self._turn(), self.engine.begin() as session:
-            await session.execute(
-                update(A)
-                .where(A.c.id == attempt_id)
-                .values(
-                    outcome=outcome.value,
-                    finished_at=now,
-                    latency_ms=latency_ms,
-                    vendor_message_id=vendor_message_id,
-                    error=error,
-                    error_code=error_code,
-                )
-            )
+            attempt: dict[str, object] = {
+                "outcome": outcome.value,
+                "finished_at": now,
+                "latency_ms": latency_ms,
+                "vendor_message_id": vendor_message_id,
+                "error": error,
+                "error_code": error_code,
+            }
+            if provider is not None:
+                attempt["provider"] = provider
+            await session.execute(update(A).where(A.c.id == attempt_id).values(**attempt))
             values: dict[str, object] = {"status": status.value, "updated_at": now}
+            if status is not Status.SENDING:
+                values.update(lease_owner=None, lease_until=None)
             if vendor_message_id is not None:
                 values["vendor_message_id"] = vendor_message_id
             if error is not None:
                 values["last_error"] = error
                 values["last_error_code"] = error_code
-            await session.execute(update(N).where(N.c.id == notification_id).values(**values))
+            stmt = update(N).where(N.c.id == notification_id)
+            if status is not Status.SENT:
+                stmt = stmt.where(N.c.lease_owner == lease.owner)
+            await session.execute(stmt.values(**values))
 
     async def set_status(
         self,
@@ -202,17 +339,47 @@ class DeliveryStore:
         error: str | None = None,
         error_code: str | None = None,
         only_if_not_terminal: bool = False,
-    ) -> bool:
+        lease: Lease | None = None,
+        attempt_count: int | None = None,
+    ) -> StatusWrite:
+        """Write a status. With ``lease``: as that lease's holder, and release it. Without:
+        only a row no delivery holds (a live send is never overwritten), and with
+        ``only_if_not_terminal`` only a row not final yet.
+
+        ``attempt_count`` resets the charged attempts (a failed half-open probe is the
+        breaker's test, not the message's attempt).
+        """
         async with self._turn(), self.engine.begin() as session:
             stmt = update(N).where(N.c.id == notification_id)
+            if lease is not None:
+                stmt = stmt.where(N.c.lease_owner == lease.owner)
+            else:
+                stmt = stmt.where(lease_free(now))
             if only_if_not_terminal:
                 stmt = stmt.where(N.c.status.not_in([s.value for s in TERMINAL_STATUSES]))
-            values: dict[str, object] = {"status": status.value, "updated_at": now}
+            values: dict[str, object] = {
+                "status": status.value,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_until": None,
+            }
             if error is not None:
                 values["last_error"] = error
                 values["last_error_code"] = error_code
-            result = await session.execute(stmt.values(**values))
-            return bool(cast(CursorResult[Any], result).rowcount)
+            if attempt_count is not None:
+                values["attempt_count"] = attempt_count
+            if _rowcount(await session.execute(stmt.values(**values))):
+                return StatusWrite.CHANGED
+            if lease is not None:
+                return StatusWrite.HELD  # our lease lapsed and another delivery took the row
+            row = (
+                await session.execute(
+                    select(N.c.status, N.c.lease_until).where(N.c.id == notification_id)
+                )
+            ).first()
+            if row is None or Status(row.status).is_terminal:
+                return StatusWrite.FINAL
+            return StatusWrite.HELD
 
     async def dead_letter_details(self, notification_id: str) -> dict[str, object] | None:
         async with self._turn(), self.engine.connect() as session:
@@ -247,3 +414,7 @@ class DeliveryStore:
                 .where(OUTBOX.c.notification_id == notification_id)
                 .values(available_at=utcnow())
             )
+
+
+def _rowcount(result: object) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -1,0 +1,212 @@
+"""Fault tests: Redis loses its data mid-send (a restart without persistence, a failover
+that drops writes). The claims in Redis vanish; the database's lease must still stop a
+second copy of a message from being sent, and an OTP whose state vanished says so."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from herald import names
+from herald.domain import Category, Channel, Envelope, Priority
+from herald.otp import derive_code
+from herald.storage.models import Attempt
+from tests.support.stack import Stack, free_port, running_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+SMS_TO = "+447911123456"
+SMS = {"channel": "sms", "to": SMS_TO, "category": "transactional", "body": "Hi"}
+IN_FLIGHT = 21
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test's own (no persistence): it can be flushed, or
+    stopped and started again empty, without touching the shared one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server") or "redis-server"
+        command = [binary, "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once, never waited on
+            [*command, "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except (OSError, redis.exceptions.ConnectionError):
+                    assert time.monotonic() < deadline, "private redis-server did not start"
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    async def flushall(self) -> None:
+        client = Redis.from_url(self.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+
+    async def restart_empty(self) -> None:
+        self.stop()
+        await self.start()
+
+    async def lose_everything(self, how: str) -> None:
+        if how == "flushall":
+            await self.flushall()
+        else:
+            await self.restart_empty()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def publish_second_copies(stack: Stack, ids: list[str]) -> None:
+    """What the outbox relay publishes when a confirm comes late: the same envelope again."""
+    connection = await aio_pika.connect(stack.settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(names.EXCHANGE)
+        for nid in ids:
+            envelope = Envelope(
+                id=nid,
+                channel=Channel.SMS,
+                to=SMS_TO,
+                category=Category.TRANSACTIONAL,
+                priority=Priority.NORMAL,
+                body="Hi",
+            )
+            await exchange.publish(
+                aio_pika.Message(
+                    envelope.to_bytes(),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers={names.HEADER_NOTIFICATION_ID: nid},
+                ),
+                routing_key=envelope.routing_key,
+            )
+
+
+async def attempts_of(stack: Stack, ids: list[str]) -> dict[str, list[str]]:
+    async with stack.sessions() as session:
+        rows = await session.execute(
+            select(Attempt.notification_id, Attempt.outcome)
+            .where(Attempt.notification_id.in_(ids))
+            .order_by(Attempt.id)
+        )
+        out: dict[str, list[str]] = {nid: [] for nid in ids}
+        for nid, outcome in rows:
+            out[nid].append(outcome)
+        return out
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart_empty"])
+async def test_redis_losing_its_claims_mid_send_sends_no_second_copy(
+    settings_for: Any, private_redis: PrivateRedis, loss: str
+) -> None:
+    """The attack of issue 11 finding 3: a second copy of each message in flight and
+    Redis emptied while the first copies are in the vendor call. Before the database
+    lease, 21 of 21 were sent twice (two ``sent`` rows, no ``unknown``); now the second
+    copies wait on the lease, then find the message sent and are dropped."""
+    values = settings_for(redis_url=private_redis.url, worker_prefetch=100, provider_timeout_s=10)
+    async with running_stack(values) as stack:
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=3000)
+        responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(IN_FLIGHT)))
+        assert {r.status_code for r in responses} == {202}
+        ids = [r.json()["id"] for r in responses]
+
+        async def all_in_the_vendor_call() -> bool:
+            return set((await stack.statuses(ids)).values()) == {"sending"}
+
+        await wait_for(all_in_the_vendor_call)
+        await publish_second_copies(stack, ids)
+        await private_redis.lose_everything(loss)
+        at_loss = await stack.statuses(ids)
+        await stack.redis.connection_pool.disconnect()  # this test's own, now stale, links
+
+        statuses = await stack.wait_all_terminal(ids, timeout=60)
+        copies = await stack.sandbox_copies(ids)  # recorded after the loss: none are lost
+        attempts = await attempts_of(stack, ids)
+
+    assert set(at_loss.values()) == {"sending"}, "Redis was emptied while every send was on"
+    twice = [nid for nid, n in copies.items() if n > 1]
+    print(f"\nRedis {loss} mid-send: {len(twice)} of {IN_FLIGHT} received twice")
+    assert set(statuses.values()) == {"sent"}
+    assert twice == [], (copies, attempts)
+    assert set(copies.values()) == {1}, (copies, attempts)
+    assert set(copies.values()) == {1}
+    assert Counter(tuple(a) for a in attempts.values()) == {("sent",): IN_FLIGHT}, attempts
+
+
+async def test_an_otp_whose_state_redis_lost_fails_as_otp_state_lost_not_expired(
+    settings_for: Any, private_redis: PrivateRedis
+) -> None:
+    """An OTP queued before Redis was flushed, its expiry minutes away: it used to end
+    ``expired`` ("expired before it could be sent"). Now it says what happened
+    (``otp_state_lost``), is dead-lettered for on-call, reaches no vendor, and the code
+    issued before the flush no longer verifies (the caller must ask for a new one)."""
+    values = settings_for(redis_url=private_redis.url)
+    async with running_stack(values, workers=0) as stack:
+        sent = await stack.client.post("/v1/otp", json={"to": SMS_TO, "channel": "sms"})
+        assert sent.status_code == 202, sent.text
+        otp_id, nid = sent.json()["otp_id"], sent.json()["notification_id"]
+        record = await stack.redis.hgetall(names.otp_record_key(otp_id))
+        secret = stack.settings.otp_secret.get_secret_value().encode()
+        code = derive_code(secret, otp_id, record[b"nonce"].decode(), int(record[b"length"]))
+
+        await private_redis.flushall()
+        await stack.start_worker()
+        done = await stack.wait_status(nid, "failed", "expired", "sent")
+        [dead] = [d for d in await stack.dead_letters() if d.notification_id == nid]
+        sandbox = await stack.sandbox(nid)
+        verified = await stack.client.post("/v1/otp/verify", json={"to": SMS_TO, "code": code})
+
+    assert done["status"] == "failed"
+    assert done["last_error_code"] == "otp_state_lost"
+    assert "lost" in done["last_error"] and "expired before" not in done["last_error"]
+    assert done["attempts"] == [] and sandbox == [], "nothing reached a vendor"
+    assert (dead.reason, dead.last_error_code) == ("permanent_error", "otp_state_lost")
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["valid"] is False
