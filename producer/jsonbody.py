@@ -55,36 +55,40 @@ def parse_json(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _exact(raw, max_depth, fast_error=str(exc))
-    keys, suspect = _walk_fast(value, max_depth)
-    if suspect or raw.count(b'":') != keys or _SPACED_COLON.search(raw) or b"\\u0000" in raw:
-        return _exact(raw, max_depth, fast_error=None)
+    keys = _plain_keys(value, max_depth)
+    if keys is None or raw.count(b'":') != keys or _SPACED_COLON.search(raw) or b"\\u0000" in raw:
+        return _exact(raw, max_depth, fast_error=None)  # finds and names the fault, if any
     return value
 
 
 # -- the fast path: orjson's result, checked in one walk -------------------------------
 
 
-def _walk_fast(value: Any, max_depth: int) -> tuple[int, bool]:
-    """(number of object keys, whether a float may be an integer beyond 64 bits)."""
+def _plain_keys(value: Any, max_depth: int) -> int | None:
+    """How many object keys ``value`` has, or ``None`` when something needs the exact
+    path: nesting past the limit, an integer beyond 64 bits (orjson gives a float of its
+    magnitude for one past 2**64). No paths are built here: this runs on every body."""
     keys = 0
-    suspect = False
-    stack: list[tuple[Any, int, tuple[str, ...]]] = [(value, 1, ())]
+    stack: list[tuple[Any, int]] = [([value], 0)]  # the root, as if in a list
     while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, dict):
-            _check_depth(depth, max_depth, path)
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return None
+        if type(node) is dict:
             keys += len(node)
-            stack.extend((v, depth + 1, (*path, k)) for k, v in node.items())
-        elif isinstance(node, list):
-            _check_depth(depth, max_depth, path)
-            stack.extend((v, depth + 1, (*path, str(i))) for i, v in enumerate(node))
-        elif isinstance(node, bool):
-            continue
-        elif isinstance(node, int):
-            _check_int(node, path)
-        elif isinstance(node, float) and abs(node) >= _FLOAT_FROM_BIG_INT:
-            suspect = True
-    return keys, suspect
+            items = node.values()
+        else:
+            items = node
+        for item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif kind is int:
+                if not INT64_MIN <= item <= INT64_MAX:
+                    return None
+            elif kind is float and abs(item) >= _FLOAT_FROM_BIG_INT:
+                return None
+    return keys
 
 
 # -- the exact path: json.loads with hooks, for what the fast path cannot see -----------
