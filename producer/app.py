@@ -47,6 +47,7 @@ from producer.routes_providers import router as providers_router
 from producer.routes_routing import router as routing_router
 from producer.routes_sandbox import router as sandbox_router
 from producer.routing_changes import RulesEditor
+from producer.urls import StrictUrls
 from producer.webhooks import ROUTERS as WEBHOOK_ROUTERS
 from providers.sandbox import SandboxStore, warn_if_sandbox_routed
 from ratelimit import RedisRateLimiter
@@ -169,6 +170,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
     )
     app.add_middleware(StrictJsonBodies)  # inside the size limit, which buffers the body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(StrictUrls)  # outermost: a NUL in the URL is refused before the body
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)

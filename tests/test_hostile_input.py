@@ -488,6 +488,38 @@ async def test_ids_and_numbers_out_of_range_or_of_the_wrong_type_are_422(
     assert await api.nothing_stored_or_queued()
 
 
+URL_ATTACKS = [
+    ("/v1/dlq?provider=%00", 422, "provider"),
+    ("/v1/dlq?channel=sms&caller=a%00b", 422, "caller"),
+    ("/v1/audit?actor=%00", 422, "actor"),
+    ("/v1/sandbox/messages?to=%2B44%00", 422, "to"),
+    ("/v1/routing/rules?comment=%00", 422, "comment"),
+    ("/v1/notifications/%00", 400, "path"),
+    ("/v1/dlq/abc%00def", 400, "path"),
+    ("/v1/dlq/replays/%00", 400, "path"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("url", "status", "field"), URL_ATTACKS, ids=[a[0] for a in URL_ATTACKS])
+async def test_a_nul_in_the_path_or_query_is_refused_not_a_database_error(
+    api: Stack, url: str, status: int, field: str
+) -> None:
+    # PostgreSQL refuses U+0000 in a text parameter: each of these was a 500 there.
+    assert_problem(await api.client.get(url), status, field)
+
+
+def test_url_problem_names_the_parameter_and_passes_clean_urls() -> None:
+    from producer.urls import url_problem
+
+    assert url_problem("/v1/dlq", b"provider=twilio&limit=5") is None
+    assert url_problem("/v1/dlq/%30", b"") is None  # only the decoded path counts
+    problem = url_problem("/v1/dlq", b"limit=5&reason=a%00")
+    assert problem is not None and problem.errors[0]["field"] == "reason"
+    problem = url_problem("/v1/dlq", b"%00=1")
+    assert problem is not None and problem.errors[0]["field"] == "\\x00"
+
+
 @pytest.mark.integration
 async def test_the_openapi_document_declares_problem_answers_for_every_route(
     api: Stack,
