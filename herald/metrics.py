@@ -45,3 +45,7 @@ CRASHES = Counter(
     "Deliveries our code raised on (poison messages), by exception type",
     ["error"],
 )
+DEAD_LETTER_STORE_PAUSES = Counter(
+    "herald_dead_letter_store_pauses_total",
+    "Dead letters put back on herald.dlq because the database could not store them",
+)

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import shutil
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -32,7 +33,7 @@ from herald.storage.models import DeadLetter, Notification
 from providers import registry
 from providers.base import Receipt
 from providers.sandbox import SandboxProvider
-from tests.support.stack import TEST_AMQP_URL, Stack, free_port, running_stack
+from tests.support.stack import TEST_AMQP_URL, Stack, free_port, running_stack, stack_settings
 from workers.poison import HEADER_CRASHES, carried, count_of, exception_code, is_infrastructure
 
 pytestmark = pytest.mark.integration
@@ -359,6 +360,53 @@ async def test_a_redelivered_unreadable_message_is_stored_once(settings_for: Any
             settle = await ingester.ingest(b"[1]", {}, message_id="m-1", routing_key="")
             assert settle is Settle.ACK
         assert len(await stack.dead_letters()) == 1
+
+
+async def test_a_row_the_database_refuses_is_stored_as_unreadable_not_retried_forever(
+    database_url: str, settings_for: Any
+) -> None:
+    """The attack: a dead letter for a real notification whose generation (2**40) fits
+    the envelope but not PostgreSQL's integer column. The insert fails inside the
+    ingester, which must not wedge: the message is kept as an unreadable row with the
+    database's error and acked. (SQLite has no integer width: there it is a plain row.)"""
+    async with running_stack(settings_for()) as stack:
+        nid = (await stack.send(**SMS)).json()["id"]
+        await stack.wait_status(nid, "sent")
+        body = orjson.dumps(envelope_dict(id=nid, generation=2**40))
+        await publish("", names.DLQ, {"too_big": body}, **{"x-herald-reason": "exhausted"})
+        [entry] = await dead_letter_items(stack, 1)
+        await wait_settled()
+        if database_url.startswith("postgresql"):
+            assert entry["reason"] == "unreadable" and entry["notification_id"] is None
+            assert entry["last_error_code"] == "ingester_error"
+            assert "the ingester failed on it" in entry["last_error"]
+        else:
+            assert entry["reason"] == "exhausted" and entry["notification_id"] == nid
+        await a_real_failure_is_still_stored(stack, 1)
+
+
+async def test_a_database_outage_puts_dead_letters_back_until_it_ends(sqlite_url: str) -> None:
+    """Another process holds SQLite's write lock: the ingester cannot commit, so it acks
+    nothing (the messages wait in ``herald.dlq``), and stores each once the lock is gone."""
+    path = sqlite_url.split("///", 1)[1]
+    async with running_stack(stack_settings(sqlite_url)) as stack:
+        pauses = metric("herald_dead_letter_store_pauses_total")
+        locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            await publish("", names.DLQ, {"a": b"[1]", "b": b"[2]"})
+            deadline = time.monotonic() + 20
+            while metric("herald_dead_letter_store_pauses_total") - pauses < 2:
+                assert time.monotonic() < deadline, "the ingester never hit the lock"
+                await asyncio.sleep(0.1)
+            ready, unacked = (await asyncio.to_thread(queue_counts))[names.DLQ]
+            assert ready + unacked == 2  # nothing acked while nothing could be stored
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        items = await dead_letter_items(stack, 2)
+        await wait_settled()
+        assert sorted(i["last_error_code"] for i in items) == ["bad_envelope"] * 2
 
 
 async def test_an_unreadable_dead_letter_is_listed_refuses_replay_and_can_be_discarded(
