@@ -45,6 +45,19 @@ def test_open_waits_for_the_cool_down_then_lets_a_bounded_number_of_probes_throu
     assert b.state is BreakerState.HALF_OPEN
 
 
+def test_a_new_probe_round_waits_for_the_last_rounds_calls_to_time_out() -> None:
+    """A slow vendor (calls that take the whole 10 s timeout) with a 5 s cool-down: the
+    probes of one round are still in their calls when the cool-down ends. Another round
+    then would be three more possible sends to a vendor that is only slow."""
+    slow = BreakerConfig(cooldown_s=5, probes=3, probe_timeout_s=11)
+    b = Breaker(BreakerState.HALF_OPEN, opened_at=100, probes_started=3)
+    assert request_send(b, 106, slow)[0] is False  # past the cool-down, not the timeout
+    assert not looks_available(b, 106, slow)
+    allowed, b = request_send(b, 111, slow)  # the round never answered: its calls are over
+    assert allowed and b.probes_started == 1 and b.opened_at == 111
+    assert request_send(Breaker(BreakerState.HALF_OPEN, 100, 3), 106, CFG)[0] is True
+
+
 def test_probe_successes_close_and_one_probe_failure_reopens() -> None:
     half = Breaker(BreakerState.HALF_OPEN, opened_at=100, probes_started=3)
     b = after_probe(half, True, 106, CFG)

@@ -1,4 +1,5 @@
-"""Fault tests: cut RabbitMQ, kill and stop workers, then count what arrived."""
+"""Fault tests: cut RabbitMQ, kill and stop workers, a vendor that only times out; then
+count what arrived."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import yaml
 from sqlalchemy import select
 
 from config.settings import DEFAULT_ROUTING_FILE
-from herald.storage.models import Attempt
+from herald.domain import utcnow
+from herald.storage.models import Attempt, Notification
+from providers.sandbox import SandboxStore
 from tests.support.stack import Stack, WorkerProcess, free_port, running_stack
 from tests.support.tcpproxy import TcpProxy
 
@@ -159,7 +162,10 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(
 
             async def depth_exported() -> bool:
                 async with httpx.AsyncClient() as plain:
-                    scraped = (await plain.get(metrics_url)).text
+                    try:  # consuming starts before the probe server listens
+                        scraped = (await plain.get(metrics_url)).text
+                    except httpx.TransportError:
+                        return False
                 return 'herald_queue_depth{queue="herald.sms.normal"}' in scraped
 
             await wait_until(depth_exported, timeout=10)
@@ -180,3 +186,140 @@ async def test_sigterm_finishes_in_flight_work_then_exits_zero(
             assert set((await stack.sandbox_copies(ids)).values()) == {1}
         finally:
             worker.close()
+
+
+# -- a slow vendor: every call times out ---------------------------------------------------
+
+
+async def attempts_by_message(stack: Stack, ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    async with stack.sessions() as session:
+        rows = await session.execute(
+            select(Attempt.notification_id, Attempt.outcome, Attempt.error_code)
+            .where(Attempt.notification_id.in_(ids))
+            .order_by(Attempt.id)
+        )
+        out: dict[str, list[tuple[str, str]]] = {nid: [] for nid in ids}
+        for nid, outcome, code in rows:
+            out[nid].append((outcome, code or ""))
+        return out
+
+
+async def charged_attempts(stack: Stack, ids: list[str]) -> dict[str, tuple[int, str]]:
+    """Each message's charged attempts and status, read together."""
+    async with stack.sessions() as session:
+        rows = await session.execute(
+            select(Notification.id, Notification.attempt_count, Notification.status).where(
+                Notification.id.in_(ids)
+            )
+        )
+        return {nid: (count, status) for nid, count, status in rows}
+
+
+async def breaker_state(stack: Stack, name: str) -> str:
+    items = (await stack.client.get("/v1/providers")).json()["items"]
+    return str(next(p["breaker"] for p in items if p["name"] == name))
+
+
+async def test_a_vendor_that_only_times_out_costs_waiting_messages_no_attempts(
+    settings_for,
+) -> None:
+    """Issue 11 finding 8: every call times out (the vendor is slow, not down), for many
+    probe rounds. Before, the half-open probes charged the messages they carried, which
+    made up to 8 attempts each, and each a possible real send. Now, once the breaker is
+    open, no message's charged attempts grow: a failed probe is the breaker's test, not
+    the message's attempt (the call stays in its history). When the vendor is quick
+    again, each is sent once."""
+    values = settings_for(
+        provider_timeout_s=0.5,
+        breaker_min_calls=5,
+        breaker_window_s=5,
+        breaker_cooldown_s=1,
+        breaker_probes=2,
+        worker_prefetch=50,
+    )
+    async with running_stack(values) as stack:
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=5000)  # far past the timeout
+        ids = await send_many(stack, 20)
+
+        async def breaker_open() -> bool:
+            return await breaker_state(stack, "sandbox-sms") == "open"
+
+        await wait_until(breaker_open, timeout=30)
+        at_open = await charged_attempts(stack, ids)
+        calls_at_open = sum(len(a) for a in (await attempts_by_message(stack, ids)).values())
+
+        async def several_probe_rounds() -> bool:
+            calls = sum(len(a) for a in (await attempts_by_message(stack, ids)).values())
+            return calls >= calls_at_open + 3 * 2
+
+        await wait_until(several_probe_rounds, timeout=60)
+        later = await charged_attempts(stack, ids)
+        history = await attempts_by_message(stack, ids)
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=0)
+        statuses = await stack.wait_all_terminal(ids, timeout=60)
+        copies = await stack.sandbox_copies(ids)
+
+    # A probe in flight right now shows its attempt until it fails and is given back.
+    settled = [nid for nid, (_, status) in later.items() if status != "sending"]
+    grew = {
+        nid: (at_open[nid][0], later[nid][0]) for nid in settled if later[nid][0] > at_open[nid][0]
+    }
+    calls = {nid: len(a) for nid, a in history.items()}
+    uncharged = sum(calls[nid] - later[nid][0] for nid in settled)
+    print(
+        f"\nslow vendor: {sum(calls.values())} calls for {len(ids)} messages, "
+        f"{uncharged} of them failed probes charged to no message"
+    )
+    assert grew == {}, "no attempt charged while the breaker was open"
+    assert uncharged >= 3, "the probes ran, and cost their messages nothing"
+    assert {code for a in history.values() for outcome, code in a if outcome != "sending"} == {
+        "timeout"
+    }
+    assert "dead_lettered" not in {status for _, status in later.values()}
+    assert set(statuses.values()) == {"sent"}
+    assert set(copies.values()) == {1}
+
+
+async def test_a_retry_after_a_timeout_asks_the_vendor_first_and_does_not_resend(
+    settings_for,
+) -> None:
+    """A call that timed out may have reached the vendor. The vendor here did accept it
+    (its record says so) but answered too late; the retry asks it (lookup) before
+    sending, records the send it finds, and sends nothing again."""
+    slow_retry = {"base_s": 3, "factor": 2, "cap_s": 3, "max_attempts": 4, "jitter": False}
+    values = settings_for(provider_timeout_s=0.5, backoff={"transactional": slow_retry})
+    async with running_stack(values) as stack:
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=2000)
+        [nid] = await send_many(stack, 1)
+
+        async def timed_out() -> bool:
+            return (await stack.notification(nid))["status"] == "retry_scheduled"
+
+        await wait_until(timed_out, timeout=20)
+        # What the vendor did with the request that got no answer in time: it sent it.
+        vendor = SandboxStore(stack.redis, keep=1000)
+        await vendor.record(
+            {
+                "notification_id": nid,
+                "generation": 0,
+                "provider": "sandbox-sms",
+                "vendor_message_id": "sbx-late-answer",
+                "channel": "sms",
+                "category": "transactional",
+                "caller": None,
+                "to": SMS["to"],
+                "subject": None,
+                "body": SMS["body"],
+                "data": {},
+                "sent_at": utcnow().isoformat(),
+            }
+        )
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=0)
+        done = await stack.wait_status(nid, "sent", timeout=20)
+        copies = await stack.sandbox_copies([nid])
+
+    assert [(a["outcome"], a["error_code"]) for a in done["attempts"]] == [
+        ("transient_error", "timeout"),
+        ("reconciled", None),
+    ]
+    assert copies == {nid: 1}, "the vendor got it once: nothing was resent"

@@ -311,9 +311,9 @@ class DeliveryStore:
                 "finished_at": now,
                 "latency_ms": latency_ms,
                 "vendor_message_id": vendor_message_id,
-                "error": error,
-                "error_code": error_code,
             }
+            if error is not None:  # a late "sent" keeps the "interrupted" a takeover wrote
+                attempt.update(error=error, error_code=error_code)
             if provider is not None:
                 attempt["provider"] = provider
             await session.execute(update(A).where(A.c.id == attempt_id).values(**attempt))
