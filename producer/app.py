@@ -168,9 +168,9 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         description="Notification and OTP delivery: send API, dead letters, sandbox providers.",
         lifespan=lifespan,
     )
-    app.add_middleware(StrictJsonBodies)  # inside the size limit, which buffers the body
+    app.add_middleware(StrictJsonBodies)  # these two run inside the size limit, which
+    app.add_middleware(StrictUrls)  # hands them the whole body in one message
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(StrictUrls)  # outermost: a NUL in the URL is refused before the body
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -509,6 +509,22 @@ async def test_a_nul_in_the_path_or_query_is_refused_not_a_database_error(
     assert_problem(await api.client.get(url), status, field)
 
 
+FORM_ATTACKS = [
+    ("/console/login", b"key=abc%00&next=/console", "key"),
+    ("/v1/webhooks/twilio/status", b"MessageSid=SM1%00&MessageStatus=delivered", "MessageSid"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("path", "form", "field"), FORM_ATTACKS, ids=[a[0] for a in FORM_ATTACKS])
+async def test_a_nul_in_a_form_body_is_refused_naming_the_field(
+    api: Stack, path: str, form: bytes, field: str
+) -> None:
+    response = await post_raw(api, path, form, "application/x-www-form-urlencoded")
+    assert_problem(response, 422, field)
+    assert await api.count(AuditEntry) == 0
+
+
 def test_url_problem_names_the_parameter_and_passes_clean_urls() -> None:
     from producer.urls import url_problem
 
