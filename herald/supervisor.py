@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from herald.logs import get_logger
 
 log = get_logger(__name__)
 
+PR_SET_PDEATHSIG = 1
 #: A child that lived this long is healthy again: its restart pause starts over.
 HEALTHY_AFTER_S = 30.0
 MAX_RESTART_PAUSE_S = 30.0
@@ -37,6 +39,14 @@ class ChildSpec:
 
 def herald_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "herald", *args]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM us if the supervisor dies (even by SIGKILL), so
+    no orphaned worker keeps consuming with nobody to stop it (Linux only)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Supervisor:
@@ -58,7 +68,9 @@ class Supervisor:
         while True:
             started = time.monotonic()
             process = await asyncio.create_subprocess_exec(
-                *herald_command(spec.args), env={**os.environ, **spec.env}
+                *herald_command(spec.args),
+                env={**os.environ, **spec.env},
+                preexec_fn=_die_with_parent,
             )
             log.info("child_started", index=index, pid=process.pid, args=" ".join(spec.args))
             code = await self._until_exit_or_stop(process)

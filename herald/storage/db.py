@@ -20,7 +20,7 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 #: How long a transaction may wait for a pooled connection, and on SQLite for the write
 #: lock, before it fails (and the API answers 503) instead of queueing without bound.
-DEFAULT_WAIT_S = 3.0
+DEFAULT_WAIT_S = 5.0
 
 
 def make_engine(url: str, *, pool_size: int = 10, wait_s: float = DEFAULT_WAIT_S) -> AsyncEngine:
