@@ -138,6 +138,13 @@ def _exact(raw: bytes, max_depth: int, *, fast_error: str | None) -> Any:
     return value
 
 
+def check_values(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
+    """The same checks on a document another parser read (the YAML of a rules edit):
+    every string with a UTF-8 form and no NUL, integers within 64 bits, finite numbers,
+    nesting within ``max_depth``; a ``FieldError`` naming the path otherwise."""
+    _walk_exact(value, max_depth)
+
+
 def _walk_exact(value: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int, tuple[str, ...]]] = [(value, 1, ())]
     while stack:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from herald.domain import Category, Channel
 from producer.auth import Principal
 from producer.deps import require
-from producer.jsonbody import is_json
+from producer.jsonbody import check_values, is_json
 from producer.problems import Problem
 from producer.routing_changes import NeedsAdmin, RulesEditor, check_privilege, document_of
 from producer.validation import INT32_MAX, StrictInt
@@ -101,7 +101,12 @@ async def _document(request: Request) -> Any:
     limits = _store(request).policy.limits
     as_json = content_type not in YAML_TYPES
     try:
-        return await run_check(lambda: load_document(raw, as_json=as_json, limits=limits), limits)
+        document = await run_check(
+            lambda: load_document(raw, as_json=as_json, limits=limits), limits
+        )
+        if not as_json:  # a JSON body had these checks before any route (producer.jsonbody)
+            check_values(document, max_depth=limits.max_depth)
+        return document
     except DocumentRefused as exc:
         raise _refused(exc) from None
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -407,6 +408,27 @@ async def test_the_rules_document_is_json_or_yaml_else_415(api: Stack, content_t
     assert_problem(response, 415, "Content-Type")
     assert (await api.client.get("/v1/routing/rules")).headers["etag"] == before
     assert await api.count(AuditEntry) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("escape", "why"), [("\\ud800", "surrogate"), ("\\0", "NUL")])
+async def test_a_yaml_rules_document_gets_the_same_string_checks(
+    api: Stack, escape: str, why: str
+) -> None:
+    """A lone surrogate in YAML (a double-quoted escape) was a 500 when the document was
+    serialized; a NUL is what PostgreSQL refuses in text."""
+    current = (await api.client.get("/v1/routing/rules")).json()
+    document = current["document"]
+    document["rules"][0]["name"] = "@NAME@"
+    text = yaml.safe_dump(document).replace("'@NAME@'", f'"bad{escape}name"')
+    text = text.replace("@NAME@", f'"bad{escape}name"')
+    response = await api.client.put(
+        "/v1/routing/rules",
+        content=text,
+        headers={"If-Match": current["etag"], "content-type": "application/yaml"},
+    )
+    assert why in assert_problem(response, 422, "rules.0.name")
+    assert (await api.client.get("/v1/routing/rules")).headers["etag"] == current["etag"]
 
 
 async def chunked(size: int) -> AsyncIterator[bytes]:
