@@ -33,6 +33,7 @@ from herald.storage.models import DeadLetter, Notification
 from providers import registry
 from providers.base import Receipt
 from providers.sandbox import SandboxProvider
+from tests.support.console import signed_in
 from tests.support.stack import TEST_AMQP_URL, Stack, free_port, running_stack, stack_settings
 from workers.poison import HEADER_CRASHES, carried, count_of, exception_code, is_infrastructure
 
@@ -423,6 +424,14 @@ async def test_an_unreadable_dead_letter_is_listed_refuses_replay_and_can_be_dis
         assert replay.status_code == 409, replay.text
         assert replay.headers["content-type"].startswith("application/problem+json")
         assert "nothing to replay" in replay.json()["detail"]
+        async with signed_in(stack.url) as console:
+            page = await console.get(f"/console/dead-letters/{entry['id']}")
+            assert page.status_code == 200 and "Unreadable message" in page.text
+            assert 'id="replay"' not in page.text and 'id="discard"' in page.text
+            listing = await console.get("/console/dead-letters", params={"reason": "unreadable"})
+            assert listing.status_code == 200 and entry["id"] in listing.text
+            refused = await console.get(f"/console/dead-letters/{entry['id']}/replay")
+            assert refused.status_code == 409 and "Not replayable" in refused.text
         bulk = await stack.client.post(
             "/v1/dlq/replay", json={"reason": "unreadable", "dry_run": True}
         )

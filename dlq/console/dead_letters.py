@@ -100,11 +100,14 @@ async def dead_letter_page(request: Request, dead_letter_id: str, seen: Reader) 
 @router.get("/dead-letters/{dead_letter_id}/{action}", response_class=HTMLResponse)
 async def confirm_page(
     request: Request, dead_letter_id: str, action: str, seen: Writer
-) -> HTMLResponse:
+) -> Response:
     """The confirmation step before a replay or a discard: what will happen, to what."""
     if action not in ("replay", "discard"):
         raise ConsoleRefused(404, "No such action.")
     entry = await _entry(request, dead_letter_id)
+    if action == "replay" and entry["notification_id"] is None:
+        message = "Not replayable: an unreadable message belongs to no notification."
+        return await _refused(request, seen, dead_letter_id, message)
     choices = {**_choices(request), "providers": _providers_for(request, entry["channel"])}
     return render(request, f"confirm_{action}.html", seen, entry=entry, **choices)
 
