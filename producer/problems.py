@@ -51,11 +51,11 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
         "status": problem.status,
     }
     if problem.detail:
-        content["detail"] = problem.detail
+        content["detail"] = printable(problem.detail)
     if instance:
         content["instance"] = instance
     if problem.errors:
-        content["errors"] = problem.errors
+        content["errors"] = [{k: printable(v) for k, v in e.items()} for e in problem.errors]
     return JSONResponse(
         content, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
     )
@@ -136,7 +136,7 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug still answers problem+json (Starlette logs the traceback and re-raises)."""
-    problem = Problem(500, "Internal server error", "an unexpected error; nothing was accepted")
+    problem = Problem(500, "Internal server error", "an unexpected error on the server's side")
     return problem_response(problem, request.url.path)
 
 

@@ -613,3 +613,13 @@ def test_declare_problems_replaces_fastapis_422_on_every_operation() -> None:
     assert set(out["paths"]["/a"]["get"]["responses"]) == {"200", "4XX", "5XX"}
     assert set(out["paths"]["/b"]["post"]["responses"]) == {"202", "4XX", "5XX"}
     assert out["paths"]["/a"]["parameters"] == []
+
+
+def test_a_problem_echoing_a_lone_surrogate_still_renders() -> None:
+    from producer.problems import problem_response
+
+    problem = FieldError("metadata.\udc00", "no provider named '\ud800'")
+    body = json.loads(bytes(problem_response(problem, "/v1/x").body))
+    assert body["errors"] == [
+        {"field": "metadata.\\udc00", "message": "no provider named '\\ud800'"}
+    ]
