@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./herald.db"
     #: Most a transaction waits for a pooled connection (and, on SQLite, for the write
     #: lock) before failing: an accept then answers 503 instead of queueing unboundedly.
-    database_wait_s: float = Field(3.0, gt=0, le=60)
+    database_wait_s: float = Field(5.0, gt=0, le=60)
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     redis_url: str = "redis://localhost:6379/0"
     routing_file: Path = DEFAULT_ROUTING_FILE

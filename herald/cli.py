@@ -84,11 +84,20 @@ def _production_settings(*, serves_api: bool = True) -> Settings:
 
 
 @app.command()
-def api() -> None:
-    """The send API with its outbox relay."""
+def api(
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="API processes sharing the port.")
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """The send API with its outbox relay (``--workers N``: N processes on one port)."""
     from herald.service import run_api
 
-    _run(run_api(_production_settings()))
+    settings = _production_settings()
+    if workers > 1:
+        _supervise([["api", "--reuse-port"]] * workers, [{}] * workers, settings)
+        return
+    _run(run_api(settings, reuse_port=reuse_port))
 
 
 @app.command()
@@ -97,11 +106,37 @@ def worker(
         list[str] | None, typer.Option("--queues", "-q", help="Queue names; default all.")
     ] = None,
     ingest: Annotated[bool, typer.Option(help="Also run the dead-letter ingester.")] = True,
+    processes: Annotated[
+        int, typer.Option("--processes", "-p", min=1, help="Worker processes to run.")
+    ] = 1,
 ) -> None:
-    """A stateless delivery worker."""
+    """A stateless delivery worker (``--processes N``: N of them, one per core)."""
     from herald.service import run_worker
 
-    _run(run_worker(_production_settings(serves_api=False), queues, ingest=ingest))
+    settings = _production_settings(serves_api=False)
+    if processes > 1:
+        args = [
+            "worker",
+            *(f"--queues={q}" for q in queues or []),
+            f"--{'' if ingest else 'no-'}ingest",
+        ]
+        # Each child serves its probes and metrics on a port of its own.
+        envs = [
+            {"HERALD_METRICS_PORT": str(settings.metrics_port + i)} if settings.metrics_port else {}
+            for i in range(processes)
+        ]
+        _supervise([args] * processes, envs, settings)
+        return
+    _run(run_worker(settings, queues, ingest=ingest))
+
+
+def _supervise(args: list[list[str]], envs: list[dict[str, str]], settings: Settings) -> None:
+    """Run the children until SIGTERM; exit with their verdict."""
+    from herald.supervisor import ChildSpec, Supervisor
+
+    children = [ChildSpec(a, e) for a, e in zip(args, envs, strict=True)]
+    supervisor = Supervisor(children, grace_s=settings.shutdown_grace_s)
+    raise typer.Exit(asyncio.run(supervisor.run()))
 
 
 @keys_app.command("create")

@@ -74,11 +74,14 @@ def _api_server(settings: Settings, *, run_relay: bool = True) -> _QuietServer:
     return _QuietServer(config)
 
 
-async def run_api(settings: Settings) -> None:
+async def run_api(settings: Settings, *, reuse_port: bool = False) -> None:
+    """``reuse_port``: one of several processes on the same port (``--workers N``); the
+    kernel spreads connections across them."""
     refuse_insecure_start(settings)
     stop = _stop_event()
     server = _api_server(settings)
-    serving = asyncio.create_task(server.serve())
+    sockets = [_listen(settings.api_host, settings.api_port)] if reuse_port else None
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     await _wait_either(stop, serving)
     server.should_exit = True
     await serving
@@ -178,6 +181,14 @@ async def run_dev(settings: Settings) -> None:
     await serving
     await parts.stop(settings.shutdown_grace_s)
     await resources.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
 
 
 _CONSUMER_CHECKS = ("consumers", "dead_letter_ingester")

@@ -1,0 +1,135 @@
+"""``herald worker --processes N`` and ``herald api --workers N``: N real processes that
+share the load, stop together on SIGTERM, and the supervisor restarts one that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from herald import names
+from herald.storage.models import ReadinessProbe
+from tests.support.stack import ApiProcess, Stack, as_env, running_stack, stack_settings
+
+pytestmark = [pytest.mark.integration]
+
+SMS = {"channel": "sms", "to": "+447911123456", "category": "transactional", "body": "Hi"}
+
+
+class Command(ApiProcess):
+    """``herald <args…>`` in a child process (``wait_ready`` for an API)."""
+
+    def __init__(self, args: list[str], values: dict[str, Any], log_path: Path) -> None:
+        super().__init__(values, log_path)
+        self.args = args
+
+    def start(self) -> Command:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "herald", *self.args],
+            env=as_env(self.values),
+            stdout=self._log,
+            stderr=self._log,
+        )
+        return self
+
+
+def vhost_of(values: dict[str, Any]) -> str:
+    return str(values["amqp_url"]).rsplit("/", 1)[-1]
+
+
+def rabbitmq(*args: str) -> list[str]:
+    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True)
+    return out.stdout.split("\n")
+
+
+def consumers_per_queue(vhost: str) -> Counter[str]:
+    return Counter(rabbitmq("list_consumers", "-p", vhost, "queue_name"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+async def eventually(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.2)
+
+
+async def test_worker_processes_share_the_queues_and_stop_together(
+    settings_for, tmp_path: Path
+) -> None:
+    values = settings_for()
+    vhost = vhost_of(values)
+    async with running_stack(values, workers=0) as stack:
+        workers = Command(["worker", "--processes", "2"], values, tmp_path / "w.log").start()
+        assert workers.proc is not None
+        try:
+            queue = names.all_work_queues()[0]
+            await eventually(lambda: consumers_per_queue(vhost)[queue] == 2)
+            first_children = children_of(workers.proc.pid)
+            assert len(first_children) == 2
+
+            # A child that dies is replaced; the other keeps consuming meanwhile.
+            os.kill(first_children[0], signal.SIGKILL)
+            await eventually(lambda: first_children[0] not in children_of(workers.proc.pid))
+            await eventually(lambda: len(children_of(workers.proc.pid)) == 2)
+            await eventually(lambda: consumers_per_queue(vhost)[queue] == 2)
+
+            responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(60)))
+            ids = [r.json()["id"] for r in responses]
+            assert set((await stack.wait_all_terminal(ids)).values()) == {"sent"}
+            assert set((await stack.sandbox_copies(ids)).values()) == {1}
+
+            children = children_of(workers.proc.pid)
+            assert await asyncio.to_thread(workers.terminate, 40) == 0
+            assert not [p for p in children if alive(p)], "children left behind"
+            assert consumers_per_queue(vhost)[queue] == 0
+        finally:
+            workers.close()
+
+
+async def test_api_workers_serve_one_port_from_several_processes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    values = stack_settings(sqlite_url)
+    api = Command(["api", "--workers", "2"], values, tmp_path / "api.log").start()
+    assert api.proc is not None
+    stack = Stack(values)
+    try:
+        await api.wait_ready()
+        await eventually(lambda: len(children_of(api.proc.pid)) == 2)  # type: ignore[union-attr]
+        # Each /readyz writes its process's probe row; fresh connections reach both.
+        for _ in range(30):
+            async with httpx.AsyncClient() as fresh:
+                assert (await fresh.get(f"{stack.url}/readyz")).status_code == 200
+        async with stack.sessions() as session:
+            probes = (await session.execute(select(ReadinessProbe.process))).scalars().all()
+        assert len([p for p in probes if p.endswith(":api")]) == 2
+        responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(40)))
+        assert {r.status_code for r in responses} == {202}
+        assert await asyncio.to_thread(api.terminate, 40) == 0
+    finally:
+        api.close()
+        await stack.close()
