@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.errors
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -34,7 +35,7 @@ from providers.email_message import (
     build_email,
     message_id,
 )
-from providers.smtp import REPLY_CODES, SmtpProvider, SmtpTarget, smtp_target
+from providers.smtp import REPLY_CODES, SmtpProvider, SmtpTarget, smtp_target, smtp_verdict
 from tests.fakes.smtp_server import DROP, FakeSmtp
 from tests.support.stack import ADMIN_KEY, Stack, running_stack, stack_settings
 
@@ -397,6 +398,19 @@ async def test_unsafe_messages_fail_permanently_before_any_connection(
     error = await failure(smtp, envelope(subject="a\r\nBcc: b@example.com"))
     assert isinstance(error, PermanentProviderError) and error.code == "invalid_message"
     assert relay[0].connections == 0
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+        email.errors.HeaderParseError("expected a header"),
+    ],
+    ids=["unicode", "header-parse"],
+)
+def test_a_message_the_client_cannot_encode_is_a_permanent_error(exc: Exception) -> None:
+    verdict = smtp_verdict(exc)
+    assert verdict.permanent and verdict.code == "invalid_message"
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\x85", "\x0b", "\x0c", "\x00"])
