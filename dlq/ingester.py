@@ -22,7 +22,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from sqlalchemy import select, update
 
-from dlq.unreadable import unreadable_row
+from dlq.unreadable import clean, unreadable_row
 from herald import metrics, names
 from herald.domain import (
     TERMINAL_STATUSES,
@@ -101,7 +101,7 @@ def dead_letter_row(message: Envelope, headers: Mapping[str, Any]) -> tuple[dict
         "generation": message.generation,
         "channel": message.channel.value,
         "category": message.category.value,
-        "caller": message.caller[:100] if message.caller else None,
+        "caller": clean(message.caller, 100) if message.caller else None,
         "reason": reason.value,
         "last_error": error,
         "last_error_code": code,
@@ -127,9 +127,12 @@ def _reason_of(headers: Mapping[str, Any]) -> DeadLetterReason | None:
 
 
 def _text(value: Any, limit: int) -> str | None:
+    """A header as column text (at most ``limit`` characters, no NUL), or ``None``."""
+    if value is None:
+        return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    return str(value)[:limit] or None if value is not None else None
+    return clean(str(value), limit) or None
 
 
 class DeadLetterIngester:

@@ -51,18 +51,24 @@ def safe_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The headers as JSON-safe values, credentials left out, at most ~8 KiB."""
     out: dict[str, Any] = {}
     for name, value in list((headers or {}).items())[:_MAX_ITEMS]:
-        key = str(name)[:100]
+        key = clean(str(name), 100)
         out[key] = "[withheld]" if SECRET_HEADER.search(key) else _json_safe(value, 0)
     if len(orjson.dumps(out)) > MAX_HEADER_BYTES:
         return {key: "[too large to keep]" for key in out}
     return out
 
 
+def clean(text: str, limit: int = _MAX_TEXT) -> str:
+    """Text a database column takes: PostgreSQL refuses U+0000 in text, so it becomes
+    U+FFFD (a NUL in a caller name or error must not make the row unstorable)."""
+    return text[:limit].replace("\x00", "\ufffd")
+
+
 def _json_safe(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return value[:_MAX_TEXT]
+        return clean(value)
     if isinstance(value, bytes | bytearray):
         return raw_body(bytes(value[:_MAX_TEXT]))
     if isinstance(value, datetime | date):
@@ -71,7 +77,9 @@ def _json_safe(value: Any, depth: int) -> Any:
         return "[nested too deep]"
     if isinstance(value, Mapping):
         return {
-            str(k)[:100]: "[withheld]" if SECRET_HEADER.search(str(k)) else _json_safe(v, depth + 1)
+            clean(str(k), 100): "[withheld]"
+            if SECRET_HEADER.search(str(k))
+            else _json_safe(v, depth + 1)
             for k, v in list(value.items())[:_MAX_ITEMS]
         }
     if isinstance(value, list | tuple | set | frozenset):
@@ -108,8 +116,8 @@ def hints(decoded: Any, source_queue: str | None) -> dict[str, str | None]:
     return {
         "channel": channel,
         "category": _member(fields.get("category"), Category),
-        "caller": caller[:100] if isinstance(caller, str) else None,
-        "claimed_id": claimed[:100] if isinstance(claimed, str) else None,
+        "caller": clean(caller, 100) if isinstance(caller, str) else None,
+        "claimed_id": clean(claimed, 100) if isinstance(claimed, str) else None,
     }
 
 
@@ -140,18 +148,18 @@ def unreadable_row(
         "category": found["category"],
         "caller": found["caller"],
         "reason": DeadLetterReason.UNREADABLE.value,
-        "last_error": error[:_MAX_TEXT],
-        "last_error_code": code[:64],
+        "last_error": clean(error),
+        "last_error_code": clean(code, 64),
         "last_provider": None,
         "attempts": 0,
         "state": "open",
         "payload": {
             "unreadable": True,
-            "error": error[:_MAX_TEXT],
+            "error": clean(error),
             "claimed_notification_id": claimed,
             "source_queue": source_queue,
-            "message_id": (message_id or "")[:200] or None,
-            "routing_key": (routing_key or "")[:200] or None,
+            "message_id": clean(message_id or "", 200) or None,
+            "routing_key": clean(routing_key or "", 200) or None,
             "raw": raw_body(body),
             "headers": safe_headers(headers),
         },
@@ -168,5 +176,5 @@ def _first_str(headers: Mapping[str, Any], *names: str) -> str | None:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         if isinstance(value, str) and value:
-            return value[:200]
+            return clean(value, 200)
     return None

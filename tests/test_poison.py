@@ -386,6 +386,28 @@ async def test_a_row_the_database_refuses_is_stored_as_unreadable_not_retried_fo
         await a_real_failure_is_still_stored(stack, 1)
 
 
+async def test_nul_characters_in_a_dead_letter_never_make_it_unstorable(
+    settings_for: Any,
+) -> None:
+    """The attack: U+0000 (which PostgreSQL refuses in text) in a caller name, an error
+    header and a header name, both in an unreadable message and in a readable dead letter
+    for a real notification. Each still ends as exactly one row, and the queue drains."""
+    async with running_stack(settings_for()) as stack:
+        nid = (await stack.send(**SMS)).json()["id"]
+        await stack.wait_status(nid, "sent")
+        readable = orjson.dumps(envelope_dict(id=nid, caller="evil\u0000caller"))
+        unreadable = orjson.dumps(envelope_dict(channel="fax", caller="evil\u0000caller"))
+        nul_headers = {"x-herald-reason": "exhausted", "x-herald-error": "a\x00b", "x\x00y": "z"}
+        await publish(
+            "", names.DLQ, {"readable": readable, "unreadable": unreadable}, **nul_headers
+        )
+        items = await dead_letter_items(stack, 2)
+        await wait_settled()
+        assert len(items) == 2
+        assert sorted(i["reason"] for i in items) == ["exhausted", "unreadable"]
+        assert "\\u0000" not in json.dumps(items)  # U+FFFD took each NUL's place
+
+
 async def test_a_database_outage_puts_dead_letters_back_until_it_ends(sqlite_url: str) -> None:
     """Another process holds SQLite's write lock: the ingester cannot commit, so it acks
     nothing (the messages wait in ``herald.dlq``), and stores each once the lock is gone."""
