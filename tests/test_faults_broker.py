@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ import pytest
 from sqlalchemy import select
 
 from herald.storage.models import Attempt
-from tests.support.stack import Stack, WorkerProcess, free_port, queue_depths, running_stack
+from tests.support.stack import (
+    HeraldProcess,
+    Stack,
+    WorkerProcess,
+    free_port,
+    queue_depths,
+    running_stack,
+)
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -27,7 +35,7 @@ IN_FLIGHT = 20
 VENDOR_LATENCY_MS = 4000
 
 
-async def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -54,7 +62,7 @@ def behind(proxy: TcpProxy, values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "amqp_url": values["amqp_url"].replace(direct, f"127.0.0.1:{proxy.port}")}
 
 
-async def started(values: dict[str, Any], proxy: TcpProxy, log: Path) -> WorkerProcess:
+async def started(values: dict[str, Any], proxy: TcpProxy, log: Path) -> HeraldProcess:
     """A ``herald worker`` behind ``proxy``, once its /readyz says every consumer is on
     (a cut during start-up is another story: the process exits and is restarted)."""
     worker = WorkerProcess(behind(proxy, values), log).start()

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
         server.stop()
 
 
-async def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, "condition not met in time"
