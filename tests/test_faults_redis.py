@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ import aio_pika
 import pytest
 import redis.exceptions
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from herald import names
-from herald.domain import Category, Channel, Envelope, Priority
+from herald.domain import Category, Channel, Envelope, Priority, Status, utcnow
+from herald.ids import new_id
 from herald.otp import derive_code
-from herald.storage.models import Attempt
+from herald.storage.db import make_engine, make_session_factory
+from herald.storage.models import Attempt, Notification
 from tests.support.stack import Stack, free_port, running_stack
+from workers.store import Begun, DeliveryStore, Held, Interrupted, Lease, StatusWrite
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -210,3 +214,63 @@ async def test_an_otp_whose_state_redis_lost_fails_as_otp_state_lost_not_expired
     assert (dead.reason, dead.last_error_code) == ("permanent_error", "otp_state_lost")
     assert verified.status_code == 200, verified.text
     assert verified.json()["valid"] is False
+
+
+# -- the fence itself: the database lease, without Redis -----------------------------------
+
+
+async def test_the_database_lease_lets_one_of_many_racing_workers_send(database_url: str) -> None:
+    """What stands when Redis has lost every claim: eight deliveries race for one row;
+    exactly one wins it (the attempt written as ``sending``), the others are told it is
+    held. When the winner's lease lapses (it died), a takeover reconciles its attempt;
+    the lapsed winner can no longer undo that, and no lease-less writer (expiry, no
+    route) overwrites a row that is being sent."""
+    engine = make_engine(database_url)
+    try:
+        store = DeliveryStore(make_session_factory(engine))
+        nid, now = new_id(), utcnow()
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(Notification).values(
+                    id=nid,
+                    channel="sms",
+                    to=SMS_TO,
+                    category="transactional",
+                    priority="normal",
+                    status=Status.QUEUED.value,
+                    generation=0,
+                    attempt_count=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        leases = [Lease(f"worker-{i}/1", now + timedelta(seconds=30)) for i in range(8)]
+        raced = await asyncio.gather(
+            *(store.begin(nid, 0, "sandbox-sms", now, lease) for lease in leases)
+        )
+        winners = [lease for lease, r in zip(leases, raced, strict=True) if isinstance(r, Begun)]
+        assert len(winners) == 1, raced
+        assert all(isinstance(r, Held) for r in raced if not isinstance(r, Begun))
+
+        still_held = await store.set_status(
+            nid, Status.EXPIRED, now + timedelta(seconds=1), only_if_not_terminal=True
+        )
+        assert still_held is StatusWrite.HELD
+
+        later = now + timedelta(seconds=31)
+        successor = Lease("worker-9/1", later + timedelta(seconds=30))
+        taken = await store.begin(nid, 0, "sandbox-sms", later, successor)
+        assert isinstance(taken, Interrupted) and taken.pending.attempt_no == 1
+        undone = await store.set_status(nid, Status.RETRY_SCHEDULED, later, lease=winners[0])
+        assert undone is StatusWrite.HELD
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(Notification.status, Notification.lease_owner).where(
+                        Notification.id == nid
+                    )
+                )
+            ).one()
+        assert (row.status, row.lease_owner) == ("sending", successor.owner)
+    finally:
+        await engine.dispose()
