@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY as METRICS
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from dlq.ingester import dead_letter_row
 from dlq.unreadable import MAX_RAW_BYTES, unreadable_row
 from herald import names
 from herald.domain import Envelope, EnvelopeError
@@ -191,6 +192,30 @@ def test_an_unreadable_row_keeps_capped_bytes_and_no_credentials() -> None:
     assert text_row["payload"]["raw"]["text"] == '{"channel": "email", "id": "abc"}'
     assert text_row["channel"] == "email" and text_row["source_key"] is None
     assert text_row["payload"]["claimed_notification_id"] == "abc"
+
+
+def test_the_ingester_reads_a_workers_reason_and_trusts_nothing_else() -> None:
+    """Which rows also mark the notification ``dead_lettered`` (no worker recorded it),
+    and what a forged or missing reason becomes."""
+    envelope = Envelope.from_dict(envelope_dict(caller="c" * 300))
+    cases = {
+        "broker": ({"x-first-death-reason": "delivery_limit"}, "exhausted", True),
+        "nobody": ({}, "exhausted", True),
+        "forged": ({"x-herald-reason": "DROP TABLE", "x-herald-attempts": "9"}, "exhausted", True),
+        "worker": ({"x-herald-reason": "permanent_error", "x-herald-attempts": 2}, None, False),
+        "crashed": ({"x-herald-reason": "crashed"}, "crashed", True),
+        "outage": ({"x-herald-reason": "infrastructure"}, "infrastructure", True),
+    }
+    for name, (headers, reason, mark) in cases.items():
+        row, marks = dead_letter_row(envelope, headers)
+        assert marks is mark, name
+        assert row["reason"] == (reason or "permanent_error"), name
+        assert len(row["caller"]) == 100
+    assert dead_letter_row(envelope, {})[0]["last_error_code"] == "no_reason"
+    broker = dead_letter_row(envelope, cases["broker"][0])[0]
+    assert broker["last_error_code"] == "broker_delivery_limit"
+    assert dead_letter_row(envelope, cases["worker"][0])[0]["attempts"] == 2
+    assert dead_letter_row(envelope, cases["forged"][0])[0]["attempts"] == 0
 
 
 # -- against the real stack --------------------------------------------------------------
