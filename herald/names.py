@@ -91,9 +91,7 @@ def sandbox_otp_text_key(ref: str) -> str:
 
 def sandbox_message_patterns() -> tuple[str, ...]:
     """SCAN patterns for every key of what the sandbox sent (not its behaviour)."""
-    return tuple(
-        f"{REDIS_PREFIX}sandbox:{kind}:*" for kind in ("sent", "to", "caller", "otp-text")
-    )
+    return tuple(f"{REDIS_PREFIX}sandbox:{kind}:*" for kind in ("sent", "to", "caller", "otp-text"))
 
 
 def ratelimit_key(key: str) -> str:
