@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from herald import metrics, names
 from herald.broker import BROKER_ERRORS
@@ -20,12 +21,12 @@ class QueueDepthMonitor:
         self.connection = connection
         self.interval_s = interval_s
         self.queues = [*names.all_work_queues(), names.DLQ]
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def sample(self) -> dict[str, int]:
         if self._channel is None or self._channel.is_closed:
-            self._channel = await self.connection.channel()
+            self._channel = cast(AbstractRobustChannel, await self.connection.channel())
         depths: dict[str, int] = {}
         for name in self.queues:
             # robust=False: a robust channel caches passive declares (and their counts).

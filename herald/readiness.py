@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import cast
 
+import aiormq
 from aio_pika.abc import AbstractQueue
 from starlette.responses import JSONResponse
 
@@ -55,7 +57,7 @@ async def ensure_consuming(consumers: Iterable[tuple[AbstractQueue, str]]) -> No
         if channel.is_closed:
             missing.append(queue.name)
             continue
-        underlay = await channel.get_underlay_channel()
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         if tag not in underlay.consumers:
             missing.append(queue.name)
     if missing:

@@ -15,6 +15,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from config.settings import Settings
 from dlq.ingester import DeadLetterIngester
@@ -59,9 +60,11 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-def _api_server(settings: Settings, *, run_relay: bool = True) -> _QuietServer:
+def _api_server(
+    settings: Settings, *, run_relay: bool = True, app: FastAPI | None = None
+) -> _QuietServer:
     config = uvicorn.Config(
-        create_app(settings, run_relay=run_relay),
+        app or create_app(settings, run_relay=run_relay),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
@@ -168,12 +171,13 @@ async def run_dev(settings: Settings) -> None:
     stop = _stop_event()
     resources = await Resources.open(settings, name="herald-dev-worker")
     parts = await WorkerParts.start(resources, names.all_work_queues(), ingest=True)
-    server = _api_server(settings)
+    app = create_app(settings)
     # One process: its /readyz also fails when the workers' consumers are gone.
     checks = parts.readiness_checks(resources)
-    server.config.app.state.extra_readiness_checks = {
+    app.state.extra_readiness_checks = {
         name: check for name, check in checks.items() if name in _CONSUMER_CHECKS
     }
+    server = _api_server(settings, app=app)
     serving = asyncio.create_task(server.serve())
     log.info("herald_dev_started", url=f"http://{settings.api_host}:{settings.api_port}")
     await _wait_either(stop, serving)
