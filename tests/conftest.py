@@ -17,6 +17,7 @@ from sqlalchemy import text
 from herald.storage.db import make_engine
 from herald.storage.migrate import downgrade, upgrade
 from herald.storage.models import Base
+from tests.support.private_redis import PrivateRedis
 from tests.support.stack import Stack, running_stack, stack_settings
 
 #: A database of the suite's own, made on the machine's PostgreSQL (reached through the
@@ -104,3 +105,14 @@ def settings_for(database_url: str):  # type: ignore[no-untyped-def]
         return stack_settings(database_url, **overrides)
 
     return make
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A ``redis-server`` of this test's own that it may stop, restart empty or flush."""
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

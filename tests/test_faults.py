@@ -18,6 +18,7 @@ from herald.storage.models import Attempt, Notification
 from providers.sandbox import SandboxStore
 from tests.support.stack import Stack, WorkerProcess, free_port, running_stack
 from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -35,13 +36,6 @@ async def send_many(stack: Stack, count: int, *, chunk: int = 50) -> list[str]:
         ]
         ids.extend(r.json()["id"] for r in responses)
     return ids
-
-
-async def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_accepts_while_rabbitmq_is_unreachable_and_delivers_after_it_heals(

@@ -8,16 +8,12 @@ the outcome recorded. (Consumers coming back after a cut: tests/test_reconnect.p
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
-from herald.storage.models import Attempt
 from tests.support.stack import (
     HeraldProcess,
     Stack,
@@ -27,32 +23,13 @@ from tests.support.stack import (
     running_stack,
 )
 from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 SMS = {"channel": "sms", "to": "+447911123456", "category": "transactional", "body": "Hi"}
 IN_FLIGHT = 20
 VENDOR_LATENCY_MS = 4000
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-async def outcomes(stack: Stack, ids: list[str]) -> dict[str, list[str]]:
-    async with stack.sessions() as session:
-        rows = await session.execute(
-            select(Attempt.notification_id, Attempt.outcome)
-            .where(Attempt.notification_id.in_(ids))
-            .order_by(Attempt.id)
-        )
-        out: dict[str, list[str]] = {nid: [] for nid in ids}
-        for nid, outcome in rows:
-            out[nid].append(outcome)
-        return out
 
 
 def behind(proxy: TcpProxy, values: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +52,7 @@ async def started(values: dict[str, Any], proxy: TcpProxy, log: Path) -> HeraldP
             except httpx.TransportError:
                 return False
 
-    await wait_for(ready, timeout=60)
+    await wait_until(ready, timeout=60)
     return worker
 
 
@@ -88,7 +65,7 @@ async def calls_in_progress(stack: Stack) -> list[str]:
     async def all_sending() -> bool:
         return set((await stack.statuses(ids)).values()) == {"sending"}
 
-    await wait_for(all_sending)
+    await wait_until(all_sending)
     return ids
 
 
@@ -117,9 +94,9 @@ async def test_a_broker_cut_during_vendor_calls_cancels_none_and_sends_each_once
                 async def drained() -> bool:
                     return not any((await queue_depths(stack.settings)).values())
 
-                await wait_for(drained)
+                await wait_until(drained)
                 copies = await stack.sandbox_copies(ids)
-                history = await outcomes(stack, ids)
+                history = await stack.attempt_outcomes(ids)
             finally:
                 cut_worker.close()
     finally:
@@ -153,7 +130,7 @@ async def test_sigterm_after_a_broker_cut_still_waits_for_the_calls_in_progress(
                 # Off the loop: this process's API may hold SQLite's write lock meanwhile.
                 assert await asyncio.to_thread(worker.terminate, 30) == 0
                 statuses = await stack.statuses(ids)
-                history = await outcomes(stack, ids)
+                history = await stack.attempt_outcomes(ids)
                 copies = await stack.sandbox_copies(ids)
             finally:
                 worker.close()

@@ -5,19 +5,12 @@ second copy of a message from being sent, and an OTP whose state vanished says s
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
-import redis.exceptions
-from redis.asyncio import Redis
 from sqlalchemy import insert, select
 
 from herald import names
@@ -25,8 +18,10 @@ from herald.domain import Category, Channel, Envelope, Priority, Status, utcnow
 from herald.ids import new_id
 from herald.otp import derive_code
 from herald.storage.db import make_engine, make_session_factory
-from herald.storage.models import Attempt, Notification
-from tests.support.stack import Stack, free_port, running_stack
+from herald.storage.models import Notification
+from tests.support.private_redis import PrivateRedis
+from tests.support.stack import Stack, running_stack
+from tests.support.waiting import wait_until
 from workers.store import Begun, DeliveryStore, Held, Interrupted, Lease, StatusWrite
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -34,78 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 SMS_TO = "+447911123456"
 SMS = {"channel": "sms", "to": SMS_TO, "category": "transactional", "body": "Hi"}
 IN_FLIGHT = 21
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test's own (no persistence): it can be flushed, or
-    stopped and started again empty, without touching the shared one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        binary = shutil.which("redis-server") or "redis-server"
-        command = [binary, "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once, never waited on
-            [*command, "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (OSError, redis.exceptions.ConnectionError):
-                    assert time.monotonic() < deadline, "private redis-server did not start"
-                    await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-    async def flushall(self) -> None:
-        client = Redis.from_url(self.url)
-        try:
-            await client.flushall()
-        finally:
-            await client.aclose()
-
-    async def restart_empty(self) -> None:
-        self.stop()
-        await self.start()
-
-    async def lose_everything(self, how: str) -> None:
-        if how == "flushall":
-            await self.flushall()
-        else:
-            await self.restart_empty()
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def publish_second_copies(stack: Stack, ids: list[str]) -> None:
@@ -133,19 +56,6 @@ async def publish_second_copies(stack: Stack, ids: list[str]) -> None:
             )
 
 
-async def attempts_of(stack: Stack, ids: list[str]) -> dict[str, list[str]]:
-    async with stack.sessions() as session:
-        rows = await session.execute(
-            select(Attempt.notification_id, Attempt.outcome)
-            .where(Attempt.notification_id.in_(ids))
-            .order_by(Attempt.id)
-        )
-        out: dict[str, list[str]] = {nid: [] for nid in ids}
-        for nid, outcome in rows:
-            out[nid].append(outcome)
-        return out
-
-
 @pytest.mark.parametrize("loss", ["flushall", "restart_empty"])
 async def test_redis_losing_its_claims_mid_send_sends_no_second_copy(
     settings_for: Any, private_redis: PrivateRedis, loss: str
@@ -164,15 +74,15 @@ async def test_redis_losing_its_claims_mid_send_sends_no_second_copy(
         async def all_in_the_vendor_call() -> bool:
             return set((await stack.statuses(ids)).values()) == {"sending"}
 
-        await wait_for(all_in_the_vendor_call)
+        await wait_until(all_in_the_vendor_call)
         await publish_second_copies(stack, ids)
-        await private_redis.lose_everything(loss)
+        await (private_redis.flushall() if loss == "flushall" else private_redis.restart_empty())
         at_loss = await stack.statuses(ids)
         await stack.redis.connection_pool.disconnect()  # this test's own, now stale, links
 
         statuses = await stack.wait_all_terminal(ids, timeout=60)
         copies = await stack.sandbox_copies(ids)  # recorded after the loss: none are lost
-        attempts = await attempts_of(stack, ids)
+        attempts = await stack.attempt_outcomes(ids)
 
     assert set(at_loss.values()) == {"sending"}, "Redis was emptied while every send was on"
     twice = [nid for nid, n in copies.items() if n > 1]

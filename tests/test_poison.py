@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -35,7 +33,8 @@ from providers import registry
 from providers.base import Receipt
 from providers.sandbox import SandboxProvider
 from tests.support.console import signed_in
-from tests.support.stack import TEST_AMQP_URL, Stack, free_port, running_stack, stack_settings
+from tests.support.private_redis import PrivateRedis
+from tests.support.stack import TEST_AMQP_URL, Stack, running_stack, stack_settings
 from workers.poison import HEADER_CRASHES, carried, count_of, exception_code, is_infrastructure
 
 pytestmark = pytest.mark.integration
@@ -547,66 +546,6 @@ async def test_a_message_that_crashes_the_worker_is_dead_lettered_after_one_retr
 
 
 # -- outages: waited out with a bound ----------------------------------------------------
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test's own, so the test can stop it."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.dir = tmp_path
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        binary = shutil.which("redis-server") or "redis-server"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def start(self) -> None:
-        self.spawn()
-        client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (OSError, redis.exceptions.ConnectionError):
-                    pass
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 async def test_a_redis_outage_is_waited_out_and_every_message_sent_once(

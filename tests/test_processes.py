@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from herald import names
 from herald.storage.models import ReadinessProbe
 from tests.support.stack import ApiProcess, Stack, as_env, running_stack, stack_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -70,13 +70,6 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-async def eventually(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.2)
-
-
 async def test_worker_processes_share_the_queues_and_stop_together(
     settings_for, tmp_path: Path
 ) -> None:
@@ -87,15 +80,15 @@ async def test_worker_processes_share_the_queues_and_stop_together(
         assert workers.proc is not None
         try:
             queue = names.all_work_queues()[0]
-            await eventually(lambda: consumers_per_queue(vhost)[queue] == 2)
+            await wait_until(lambda: consumers_per_queue(vhost)[queue] == 2)
             first_children = children_of(workers.proc.pid)
             assert len(first_children) == 2
 
             # A child that dies is replaced; the other keeps consuming meanwhile.
             os.kill(first_children[0], signal.SIGKILL)
-            await eventually(lambda: first_children[0] not in children_of(workers.proc.pid))
-            await eventually(lambda: len(children_of(workers.proc.pid)) == 2)
-            await eventually(lambda: consumers_per_queue(vhost)[queue] == 2)
+            await wait_until(lambda: first_children[0] not in children_of(workers.proc.pid))
+            await wait_until(lambda: len(children_of(workers.proc.pid)) == 2)
+            await wait_until(lambda: consumers_per_queue(vhost)[queue] == 2)
 
             responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(60)))
             ids = [r.json()["id"] for r in responses]
@@ -119,7 +112,7 @@ async def test_api_workers_serve_one_port_from_several_processes(
     stack = Stack(values)
     try:
         await api.wait_ready()
-        await eventually(lambda: len(children_of(api.proc.pid)) == 2)  # type: ignore[union-attr]
+        await wait_until(lambda: len(children_of(api.proc.pid)) == 2)  # type: ignore[union-attr]
         # Each /readyz writes its process's probe row; fresh connections reach both.
         for _ in range(30):
             async with httpx.AsyncClient() as fresh:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from tests.support.stack import (
     stack_settings,
 )
 from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -46,13 +46,6 @@ RECOVERY_S = 45
 
 class DevProcess(ApiProcess):
     command = "dev"
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"not in {timeout:.0f}s: {what}"
-        await asyncio.sleep(0.2)
 
 
 def consumers(vhost: str) -> Counter[str]:

@@ -4,9 +4,6 @@ and timing, a `send` key sending OTPs, and replays through another channel's pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,13 +24,13 @@ from producer.auth import KeyStore
 from producer.otp import OtpStore
 from providers.sandbox import SandboxBehaviour, SandboxStore
 from tests.support.console import EMAIL, csrf_of, dead_letters_from, signed_in
+from tests.support.private_redis import PrivateRedis
 from tests.support.stack import (
     ADMIN_KEY,
     TEST_REDIS_URL,
     ApiProcess,
     Stack,
     WorkerProcess,
-    free_port,
     running_stack,
     stack_settings,
 )
@@ -49,40 +46,6 @@ def bearer(key: str) -> dict[str, str]:
 
 async def new_key(stack: Stack, name: str, *scopes: str) -> dict[str, str]:
     return bearer(await KeyStore(stack.sessions).create(name, list(scopes)))
-
-
-def start_redis(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server") or "redis-server"
-    return subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextlib.asynccontextmanager
-async def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, Callable[[], None]]]:
-    """A ``redis-server`` of this test's own, so it can be stopped."""
-    port = free_port()
-    proc = start_redis(tmp_path, port)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = Redis.from_url(url)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(Exception):
-                await client.ping()
-                break
-            await asyncio.sleep(0.05)
-        await client.aclose()
-        yield url, lambda: stop_redis(proc)
-    finally:
-        stop_redis(proc)
 
 
 def assert_problem(response: httpx.Response, status: int, field: str) -> None:
@@ -510,21 +473,20 @@ async def test_reads_touch_only_what_is_asked(database_url: str) -> None:
 
 
 async def test_sandbox_reads_answer_503_when_redis_is_gone(
-    database_url: str, tmp_path: Path
+    database_url: str, private_redis: PrivateRedis
 ) -> None:
     """A stale Redis connection gave bare 500s."""
-    async with own_redis(tmp_path) as (url, stop):
-        values = stack_settings(database_url, redis_url=url)
-        async with running_stack(values, workers=0) as api:
-            assert (await api.client.get("/v1/sandbox/messages")).status_code == 200
-            stop()
-            for response in (
-                await api.client.get("/v1/sandbox/messages"),
-                await api.client.get("/v1/sandbox/providers"),
-            ):
-                assert response.status_code == 503, response.text
-                assert response.headers["content-type"].startswith("application/problem+json")
-                assert int(response.headers["retry-after"]) >= 1
+    values = stack_settings(database_url, redis_url=private_redis.url)
+    async with running_stack(values, workers=0) as api:
+        assert (await api.client.get("/v1/sandbox/messages")).status_code == 200
+        private_redis.stop()
+        for response in (
+            await api.client.get("/v1/sandbox/messages"),
+            await api.client.get("/v1/sandbox/providers"),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert int(response.headers["retry-after"]) >= 1
 
 
 async def test_with_the_sandbox_off_its_api_is_gone_and_its_sends_fail_visibly(

@@ -26,7 +26,7 @@ from herald import names
 from herald.resources import Resources, topology_for
 from herald.service import WorkerParts, _api_server
 from herald.storage.db import make_engine, make_session_factory
-from herald.storage.models import DeadLetter, Notification, OutboxEntry
+from herald.storage.models import Attempt, DeadLetter, Notification, OutboxEntry
 
 ADMIN_KEY = "test-admin-key"
 TEST_AMQP_URL = os.environ.get(
@@ -287,6 +287,19 @@ class Stack:
                     )
                 )
                 out.update({r.id: r.status for r in rows})
+        return out
+
+    async def attempt_outcomes(self, ids: list[str]) -> dict[str, list[str]]:
+        """Each notification's attempt outcomes, oldest first."""
+        out: dict[str, list[str]] = {nid: [] for nid in ids}
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Attempt.notification_id, Attempt.outcome)
+                .where(Attempt.notification_id.in_(ids))
+                .order_by(Attempt.id)
+            )
+            for nid, outcome in rows:
+                out[nid].append(outcome)
         return out
 
     async def sandbox_copies(self, ids: list[str]) -> dict[str, int]:
