@@ -86,10 +86,9 @@ def tiny_disk(path: Path, size: str = "4m") -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / f"filler-{uuid.uuid4().hex}"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
     return filler
 
 

@@ -372,16 +372,19 @@ async def test_a_sandbox_key_sees_only_its_own_messages_and_never_otp_texts(
     async with running_stack(stack_settings(database_url)) as stack:
         alice = await new_key(stack, "alice", "send", "otp", "sandbox")
         mallory = await new_key(stack, "mallory", "send", "otp", "sandbox")
+        # One at a time: the sandbox lists in the order it "sent", and an OTP (high lane)
+        # sent together with a transactional message may overtake it.
         otp = await stack.client.post("/v1/otp", json={"to": PHONE}, headers=alice)
+        await stack.wait_status(otp.json()["notification_id"], "sent")
         plain = await stack.send(
             channel="sms", to=PHONE, category="transactional", body="Your parcel", headers=alice
         )
+        await stack.wait_status(plain.json()["id"], "sent")
         own = await stack.send(
             channel="sms", to=PHONE, category="transactional", body="Mallory's", headers=mallory
         )
+        await stack.wait_status(own.json()["id"], "sent")
         ids = [otp.json()["notification_id"], plain.json()["id"], own.json()["id"]]
-        for nid in ids:
-            await stack.wait_status(nid, "sent")
 
         seen_by_mallory = [
             (await sandbox_items(stack, mallory)).json()["items"],
