@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from router.validation import MAX_ISSUES, RulesInvalid, RulesPolicy, validate_do
 from tests.fakes.msg91_api import FakeMsg91
 from tests.support.console import post_form, signed_in
 from tests.support.stack import Stack, running_stack, stack_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -319,6 +319,8 @@ async def test_an_admin_can_route_through_an_allow_listed_endpoint(
     async with running_stack(stack_settings(sqlite_url, allowed_endpoints=[url])) as stack:
         saved = await put_rules(stack, with_msg91(default_rules(), vendor_msg91(url)))
         assert saved.status_code == 200, saved.text
+        await stack.workers_on_rules(saved.json()["version"])
+        await wait_until(lambda: "msg91-in" in stack._workers[0][1].worker.providers)
         sent = await stack.send(**SMS)
         done = await stack.wait_status(sent.json()["id"], "sent")
         assert [a["provider"] for a in done["attempts"]] == ["msg91-in"]
@@ -408,10 +410,7 @@ async def test_a_stored_pre_fix_document_with_a_bad_endpoint_is_never_built(
         store = RulesStore(stack.sessions, tmp_path / "unused.yaml")
         saved = await store.save(bad, if_match="*", who="before-the-fix")
         worker = stack._workers[0][1].worker
-        deadline = time.monotonic() + 20
-        while worker.rules.current().version != saved.version:
-            assert time.monotonic() < deadline, "the worker never loaded the stored version"
-            await asyncio.sleep(0.05)
+        await stack.workers_on_rules(saved.version)
         assert "msg91-in" not in worker.providers and "sandbox-sms" in worker.providers
 
         sent = await stack.send(**SMS)

@@ -27,6 +27,7 @@ from herald.resources import Resources, topology_for
 from herald.service import WorkerParts, _api_server
 from herald.storage.db import make_engine, make_session_factory
 from herald.storage.models import Attempt, DeadLetter, Notification, OutboxEntry
+from tests.support.waiting import wait_until
 
 ADMIN_KEY = "test-admin-key"
 TEST_AMQP_URL = os.environ.get(
@@ -228,6 +229,15 @@ class Stack:
         parts = await WorkerParts.start(resources, names.all_work_queues(), ingest=True)
         self._workers.append((resources, parts))
         return parts
+
+    async def workers_on_rules(self, version: int, timeout: float = 20) -> None:
+        """Wait until every in-process worker routes with rules ``version`` (they load a
+        saved version within about a second: a send right after a save may miss it)."""
+
+        def loaded() -> bool:
+            return all(p.worker.rules.current().version == version for _, p in self._workers)
+
+        await wait_until(loaded, timeout, f"workers on rules version {version}")
 
     async def stop_workers(self) -> None:
         for resources, parts in self._workers:
