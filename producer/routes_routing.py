@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -148,7 +150,7 @@ async def put_rules(
         )
     document = await _document(request)
     editor: RulesEditor = request.app.state.rules_editor
-    try:
+    with _edit_problems():
         saved, issues = await editor.save(
             document,
             if_match=if_match,
@@ -156,14 +158,6 @@ async def put_rules(
             comment=comment,
             admin=principal.allows("admin"),
         )
-    except NeedsAdmin as exc:
-        raise _needs_admin(exc) from None
-    except RulesInvalid as exc:
-        raise _invalid(list(exc.issues)) from None
-    except DocumentRefused as exc:
-        raise _refused(exc) from None
-    except StaleRules as exc:
-        raise Problem(412, "Precondition failed", str(exc)) from None
     return JSONResponse(
         {"version": saved.version, "etag": saved.etag, "warnings": _issues(issues)},
         headers={"ETag": saved.etag},
@@ -231,19 +225,14 @@ async def rollback(
     """Put an earlier version back in force (saved as a new version)."""
     editor: RulesEditor = request.app.state.rules_editor
     try:
-        saved = await editor.rollback(
-            body.version,
-            if_match=if_match or "*",
-            who=principal.name,
-            comment=body.comment,
-            admin=principal.allows("admin"),
-        )
-    except NeedsAdmin as exc:
-        raise _needs_admin(exc) from None
-    except RulesInvalid as exc:
-        raise _invalid(list(exc.issues)) from None
-    except DocumentRefused as exc:
-        raise _refused(exc) from None
+        with _edit_problems():
+            saved = await editor.rollback(
+                body.version,
+                if_match=if_match or "*",
+                who=principal.name,
+                comment=body.comment,
+                admin=principal.allows("admin"),
+            )
     except KeyError:
         raise Problem(
             404,
@@ -251,8 +240,6 @@ async def rollback(
             f"no rules version {body.version}",
             errors=[{"field": "version", "message": "no such version"}],
         ) from None
-    except StaleRules as exc:
-        raise Problem(412, "Precondition failed", str(exc)) from None
     return JSONResponse(
         {"version": saved.version, "etag": saved.etag}, headers={"ETag": saved.etag}
     )
@@ -306,3 +293,18 @@ async def draft_rules(
         raise _invalid(list(exc.issues)) from None
     except DocumentRefused as exc:
         raise _refused(exc) from None
+
+
+@contextmanager
+def _edit_problems() -> Iterator[None]:
+    """The answers a save and a rollback share: 403, 422, 422 refused, 412 stale."""
+    try:
+        yield
+    except NeedsAdmin as exc:
+        raise _needs_admin(exc) from None
+    except RulesInvalid as exc:
+        raise _invalid(list(exc.issues)) from None
+    except DocumentRefused as exc:
+        raise _refused(exc) from None
+    except StaleRules as exc:
+        raise Problem(412, "Precondition failed", str(exc)) from None
