@@ -1,8 +1,17 @@
 """The suite. Under pytest-xdist (``-n N``) each worker gets its own RabbitMQ vhost, Redis
 database and PostgreSQL database, derived here before any test module reads them, so
-parallel workers never consume, flush or truncate each other's data."""
+parallel workers never consume, flush or truncate each other's data.
+
+Herald settings from the caller's shell (``make`` exports ``HERALD_BOOTSTRAP_API_KEY`` for
+``make run``; a developer may have ``HERALD_DATABASE_URL`` set) are dropped first: every
+test states the settings it runs with, and the ones it starts processes with."""
 
 import os
+
+for _name in [
+    n for n in os.environ if n.startswith("HERALD_") and not n.startswith("HERALD_TEST_")
+]:
+    del os.environ[_name]
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER")
 if _worker:

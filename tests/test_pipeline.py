@@ -64,8 +64,8 @@ async def test_transient_failures_then_success_back_off_exponentially(settings_f
     starts = [datetime.fromisoformat(a["started_at"]) for a in done["attempts"]]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     # 100 ms, 200 ms, 400 ms …: each wait lasts at least its step (the retry queue's TTL).
+    # Only lower bounds: a stalled machine stretches any wait, never shortens one.
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4
-    assert gaps[2] > gaps[0]
 
 
 async def test_permanent_failure_fails_at_once_and_is_dead_lettered(stack: Stack) -> None:
