@@ -1,0 +1,140 @@
+"""Driver hand-offs per transaction on SQLite: how many calls cross to aiosqlite's thread.
+
+aiosqlite runs each call (cursor, execute, fetchall, close, commit, rollback) on the
+connection's own thread and wakes the event loop when it is done, so a transaction's cost
+on a busy process is mostly the number of those hand-offs. This counts them, with the SQL
+statements SQLAlchemy issued (``before_cursor_execute``), for the transactions Herald runs
+most: a status read, a one-row write and an idle poll that finds nothing.
+
+    .venv/bin/python -m bench.sqlite_hops
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from herald.storage import db
+from herald.storage.migrate import upgrade
+from herald.storage.models import Attempt, Notification
+
+
+class _CountingQueue:
+    """Stands in for an aiosqlite connection's call queue and counts what goes through."""
+
+    def __init__(self, inner: Any, counter: list[int]) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def put_nowait(self, item: Any) -> None:
+        self._counter[0] += 1
+        self._inner.put_nowait(item)
+
+
+def count_hand_offs(engine: AsyncEngine) -> tuple[list[int], list[int]]:
+    """Counters of thread hand-offs and of statements, for connections made from now on."""
+    hops, statements = [0], [0]
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        raw = dbapi_connection._connection  # the aiosqlite.Connection
+        raw._tx = _CountingQueue(raw._tx, hops)
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def on_statement(*_args: Any) -> None:
+        statements[0] += 1
+
+    return hops, statements
+
+
+def _row(nid: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "id": nid,
+        "channel": "sms",
+        "to": "+447911123456",
+        "category": "transactional",
+        "priority": "normal",
+        "status": "accepted",
+        "generation": 0,
+        "attempt_count": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def measure(url: str) -> dict[str, tuple[int, int]]:
+    """(hand-offs, statements) per kind of transaction, after one warm-up of each."""
+    engines = (
+        db.make_engines(url) if hasattr(db, "make_engines") else None  # before/after the change
+    )
+    writer = engines.writer if engines else db.make_engine(url)
+    reader = engines.reader if engines else writer
+    writes = db.make_session_factory(writer)
+    reads = db.make_session_factory(reader)
+    counters = {id(writer): count_hand_offs(writer)}
+    if reader is not writer:
+        counters[id(reader)] = count_hand_offs(reader)
+    seq = iter(range(10**6))
+
+    async def status_read() -> None:
+        async with reads() as session:
+            await session.get(Notification, "n0")
+            await session.execute(select(Attempt).where(Attempt.notification_id == "n0"))
+
+    async def one_row_write() -> None:
+        async with writes.begin() as session:
+            await session.execute(insert(Notification).values(**_row(f"w{next(seq)}")))
+
+    async def idle_poll() -> None:
+        async with writes.begin() as session:
+            await session.execute(
+                update(Notification).where(Notification.status == "nothing").values(generation=1)
+            )
+
+    async def empty_read() -> None:
+        async with reads() as session:
+            await session.execute(select(Notification.id).where(Notification.status == "x"))
+
+    async with writes.begin() as session:
+        await session.execute(insert(Notification).values(**_row("n0")))
+    kinds: dict[str, Callable[[], Awaitable[None]]] = {
+        "status read (get + attempts)": status_read,
+        "one-row write": one_row_write,
+        "write with no match": idle_poll,
+        "read with no match": empty_read,
+    }
+    results: dict[str, tuple[int, int]] = {}
+    for name, run in kinds.items():
+        await run()  # warm: connect, compile caches
+        before = {k: (h[0], s[0]) for k, (h, s) in counters.items()}
+        await run()
+        hops = sum(h[0] - before[k][0] for k, (h, _) in counters.items())
+        stmts = sum(s[0] - before[k][1] for k, (_, s) in counters.items())
+        results[name] = (hops, stmts)
+    if engines:
+        await engines.dispose()
+    else:
+        await writer.dispose()
+    return results
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'hops.db'}"
+        upgrade(url)
+        results = asyncio.run(measure(url))
+    print(f"{'transaction':32} {'hand-offs':>10} {'statements':>11}")
+    for name, (hops, stmts) in results.items():
+        print(f"{name:32} {hops:>10} {stmts:>11}")
+
+
+if __name__ == "__main__":
+    main()
