@@ -19,6 +19,11 @@ VHOST = "herald_bench"
 AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 API_KEY = "bench-admin-key"
+#: ``--db postgresql`` without ``--database-url``: the bench's own database (created if
+#: missing), never one the test suite uses.
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/herald_bench"
+#: What the bench ran Herald at before ``--log-level`` existed: the default of the flag.
+DEFAULT_LOG_LEVEL = "WARNING"
 
 #: The request every send scenario posts (the issue's "sms, transactional, bench").
 SMS_BODY: dict[str, Any] = {
@@ -47,6 +52,16 @@ class Sizes:
     otp_duration_s: float = 10.0
     soak_count: int = 100_000
     soak_warmup_count: int = 1_000
+    #: Sustained-rate sweep: offered rates tried in order, each for warm-up + duration.
+    sweep_rates: tuple[float, ...] = (50.0, 100.0, 200.0, 400.0, 800.0)
+    sweep_warmup_s: float = 3.0
+    sweep_duration_s: float = 15.0
+    #: Low-load latency: the send API at c=1, the chain at ``low_rate`` per second.
+    low_c1_duration_s: float = 10.0
+    low_rate: float = 10.0
+    low_duration_s: float = 20.0
+    #: One vs two worker processes draining the same backlog.
+    procs_count: int = 20_000
 
 
 QUICK = Sizes(
@@ -61,6 +76,11 @@ QUICK = Sizes(
     # alone take over a minute, which breaks the 2-minute budget of --quick.
     soak_count=1_000,
     soak_warmup_count=300,
+    sweep_warmup_s=1.0,
+    sweep_duration_s=5.0,
+    low_c1_duration_s=3.0,
+    low_duration_s=5.0,
+    procs_count=2_000,
 )
 FULL = Sizes()
 
@@ -72,6 +92,9 @@ class BenchConfig:
     workdir: Path
     profile: bool = False
     celery_pools: list[str] = field(default_factory=lambda: ["solo", "prefork"])
+    log_level: str = DEFAULT_LOG_LEVEL
+    #: c=1 p50 of the send API before the change (ms), for the "today + 1 ms" floor.
+    c1_p50_today_ms: float | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,4 +104,6 @@ class BenchConfig:
             "redis": REDIS_URL,
             "profile": self.profile,
             "celery_pools": self.celery_pools,
+            "log_level": self.log_level,
+            "c1_p50_today_ms": self.c1_p50_today_ms,
         }

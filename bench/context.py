@@ -16,8 +16,10 @@ from bench.procs import (
     Proc,
     bare_api,
     free_port,
+    free_ports,
     herald,
     herald_values,
+    herald_with_lag,
     run_load,
     wait_http_ok,
 )
@@ -50,11 +52,13 @@ class Context:
         """Empty queues and Redis db 14, and a freshly migrated database."""
         await self.infra.reset()
         self.database_url = await self.infra.fresh_database(
-            self.cfg.database_url, self.cfg.workdir, tag
+            self.cfg.database_url, self.cfg.workdir, tag, self.cfg.log_level
         )
 
-    def herald_values(self, port: int = 0) -> dict[str, Any]:
-        return herald_values(self.database_url, port)
+    def herald_values(self, port: int = 0, metrics_port: int | None = None) -> dict[str, Any]:
+        return herald_values(
+            self.database_url, port, log_level=self.cfg.log_level, metrics_port=metrics_port
+        )
 
     @contextlib.asynccontextmanager
     async def herald_api(self, tag: str) -> AsyncIterator[Server]:
@@ -68,8 +72,22 @@ class Context:
             await proc.stop()
 
     @contextlib.asynccontextmanager
-    async def herald_worker(self, tag: str) -> AsyncIterator[Proc]:
-        proc = herald(f"{tag}-herald-worker", ["worker"], self.herald_values(), self.log_dir)
+    async def herald_worker(
+        self, tag: str, *, processes: int = 1, lag_out: Path | None = None
+    ) -> AsyncIterator[Proc]:
+        """``herald worker`` (``--processes N`` when N > 1), each process serving /metrics
+        on a port of its own; ``lag_out``: sample its event-loop lag (one process only)."""
+        port = free_ports(processes)
+        values = self.herald_values(metrics_port=port)
+        name = f"{tag}-herald-worker"
+        if lag_out is not None:
+            if processes != 1:
+                raise ValueError("event-loop lag is sampled in a single worker process")
+            proc = herald_with_lag(name, ["worker"], values, self.log_dir, lag_out)
+        else:
+            args = ["worker"] if processes == 1 else ["worker", f"--processes={processes}"]
+            proc = herald(name, args, values, self.log_dir)
+        proc.metrics_urls = [f"http://127.0.0.1:{port + i}/metrics" for i in range(processes)]
         try:
             yield proc
         finally:

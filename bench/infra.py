@@ -16,8 +16,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 from redis.asyncio import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from bench.config import AMQP_URL, REDIS_URL, VHOST
 from bench.procs import herald_db_upgrade, herald_values
@@ -42,6 +43,24 @@ def ensure_vhost() -> None:
         check=True,
         timeout=60,
     )
+
+
+async def ensure_postgres_database(url: str) -> None:
+    """Create the database ``url`` names if it does not exist (``--db postgresql``)."""
+    target = make_url(url)
+    admin = create_async_engine(
+        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        async with admin.connect() as conn:
+            found = await conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": target.database},
+            )
+            if found.first() is None:
+                await conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        await admin.dispose()
 
 
 def bench_settings() -> Settings:
@@ -153,7 +172,9 @@ class Infra:
 
     # -- database ---------------------------------------------------------------------
 
-    async def fresh_database(self, configured_url: str | None, workdir: Path, tag: str) -> str:
+    async def fresh_database(
+        self, configured_url: str | None, workdir: Path, tag: str, log_level: str
+    ) -> str:
         """A migrated, empty database for one scenario; SQLite gets a new file each time."""
         if self.db is not None:
             await self.db.dispose()
@@ -162,12 +183,14 @@ class Infra:
             template, target = workdir / "template.db", workdir / f"{tag}.db"
             if not _copy_sqlite(template, target):
                 url = f"sqlite+aiosqlite:///{template}"
-                await herald_db_upgrade(herald_values(url, 0), workdir / "logs")
+                await herald_db_upgrade(
+                    herald_values(url, 0, log_level=log_level), workdir / "logs"
+                )
                 _copy_sqlite(template, target)
             url = f"sqlite+aiosqlite:///{target}"
         else:
             url = configured_url
-            await herald_db_upgrade(herald_values(url, 0), workdir / "logs")
+            await herald_db_upgrade(herald_values(url, 0, log_level=log_level), workdir / "logs")
         # A plain engine on purpose: Herald's SQLite tuning opens every transaction with
         # BEGIN IMMEDIATE, and a poller must not take the write lock from the worker.
         self.db = create_async_engine(url)

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench.config import AMQP_URL, API_KEY, REDIS_URL, ROOT, VENV_BIN
+from bench.config import AMQP_URL, API_KEY, DEFAULT_LOG_LEVEL, REDIS_URL, ROOT, VENV_BIN
 
 _LIVE: dict[int, Proc] = {}
 
@@ -42,6 +42,8 @@ class Proc:
         self.popen = popen
         self.log_path = log_path
         self.spawned_at = time.time()
+        #: A worker's /metrics, one per process (``--processes N``); empty for others.
+        self.metrics_urls: list[str] = []
         _LIVE[popen.pid] = self
 
     @property
@@ -214,18 +216,45 @@ LIMIT_SETTINGS = (
 )
 
 
-def herald_values(database_url: str, api_port: int) -> dict[str, Any]:
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive free ports (``worker --processes N`` serves its
+    children's metrics on METRICS_PORT + i)."""
+    for _ in range(attempts):
+        first = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for offset in range(1, count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", first + offset))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def herald_values(
+    database_url: str,
+    api_port: int,
+    *,
+    log_level: str = DEFAULT_LOG_LEVEL,
+    metrics_port: int | None = None,
+) -> dict[str, Any]:
     """Settings for every Herald process of a scenario (defaults otherwise, as deployed).
 
     Settings a given Herald version does not know are ignored by it (``extra="ignore"``).
+    ``metrics_port``: where a worker serves /metrics; given explicitly to every bench
+    worker, since the default 9100 may be taken by another worker on the box (a taken
+    port is only logged, and the bench would scrape someone else's metrics).
     """
+    extra = {} if metrics_port is None else {"metrics_port": metrics_port}
     return {
+        **extra,
         "database_url": database_url,
         "amqp_url": AMQP_URL,
         "redis_url": REDIS_URL,
         "api_port": api_port,
         "bootstrap_api_key": API_KEY,
-        "log_level": "WARNING",
+        "log_level": log_level,
         "sandbox_enabled": True,
         "otp_secret": "bench-otp-secret-0123456789abcdef0123456789",
         "console_secret": "bench-console-secret-0123456789abcdef01234",
@@ -242,6 +271,15 @@ def herald_env(values: Mapping[str, Any]) -> dict[str, str]:
 
 def herald(name: str, args: Sequence[str], values: Mapping[str, Any], log_dir: Path) -> Proc:
     return spawn(name, [str(VENV_BIN / "herald"), *args], env=herald_env(values), log_dir=log_dir)
+
+
+def herald_with_lag(
+    name: str, args: Sequence[str], values: Mapping[str, Any], log_dir: Path, lag_out: Path
+) -> Proc:
+    """``herald ARGS`` run in-process by ``bench.lagmon``, which samples the event loop's
+    lag into ``lag_out`` (bench-only code; Herald itself is unchanged)."""
+    argv = [str(VENV_BIN / "python"), "-m", "bench.lagmon", f"--out={lag_out}", "--", *args]
+    return spawn(name, argv, env=herald_env(values), log_dir=log_dir)
 
 
 async def herald_db_upgrade(values: Mapping[str, Any], log_dir: Path) -> None:

@@ -18,19 +18,31 @@ _OPS = {">=": operator.ge, "<=": operator.le}
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """``subject`` is ``ratio`` or ``herald``: e.g. ratio >= 0.8, or herald <= 50 (ms)."""
+    """``subject`` is ``ratio`` or ``herald``: e.g. ratio >= 0.8, or herald <= 50 (ms).
+
+    ``value`` is what ``met`` checks (the issue's floor where it gives one); ``goal``, the
+    issue's stretch figure, is only printed beside it. ``subject="note"`` prints ``note``
+    and is never met or missed: a floor relative to a figure this run did not measure.
+    """
 
     subject: str
     op: str
     value: float
     unit: str = ""
+    goal: float | None = None
+    note: str = ""
 
     def __str__(self) -> str:
+        if self.subject == "note":
+            return self.note
+        goal = f" (goal {self.goal:g})" if self.goal is not None else ""
         if self.subject == "ratio":
-            return f"ratio {self.op} {self.value:g}"
-        return f"{self.op} {self.value:g} {self.unit}".strip()
+            return f"ratio {self.op} {self.value:g}{goal}"
+        return f"{self.op} {self.value:g} {self.unit}".strip() + goal
 
     def met(self, herald: float | None, ratio: float | None) -> bool | None:
+        if self.subject == "note":
+            return None
         value = ratio if self.subject == "ratio" else herald
         return None if value is None else _OPS[self.op](value, self.value)
 

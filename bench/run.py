@@ -1,4 +1,4 @@
-"""Entry point: ``python -m bench.run [--quick] [--only NAME] [--database-url URL]``.
+"""Entry point: ``python -m bench.run [--quick] [--only NAME] [--db postgresql] ...``.
 
 Runs the scenarios in order, each from a clean slate (queues purged, Redis db 14
 flushed, a fresh database), prints one table of Herald figures beside their baselines,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import shutil
@@ -22,18 +23,31 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.config import FULL, QUICK, RESULTS_DIR, ROOT, BenchConfig
+from bench.config import (
+    DEFAULT_LOG_LEVEL,
+    FULL,
+    POSTGRES_URL,
+    QUICK,
+    RESULTS_DIR,
+    ROOT,
+    BenchConfig,
+    Sizes,
+)
 from bench.context import Context
-from bench.infra import Infra
+from bench.infra import Infra, ensure_postgres_database
 from bench.procs import kill_all
 from bench.report import Row, table, write_json
-from bench.scenarios import api, chain, drain, priority, soak
+from bench.scenarios import api, chain, drain, lowload, priority, processes, soak, sweep
 
 Scenario = Callable[[Context], Awaitable[list[Row]]]
+#: In run order: the long soak last, so a partial full run still has everything else.
 SCENARIOS: dict[str, Scenario] = {
     "api": api.run,
+    "lowload": lowload.run,
     "drain": drain.run,
+    "processes": processes.run,
     "chain": chain.run,
+    "sweep": sweep.run,
     "priority": priority.run,
     "soak": soak.run,
 }
@@ -48,8 +62,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", choices=sorted(SCENARIOS), action="append", help="run only this scenario"
     )
     parser.add_argument(
+        "--db",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help=f"sqlite: a fresh file per scenario; postgresql: {POSTGRES_URL} (created if "
+        "missing, its tables emptied) unless --database-url says otherwise",
+    )
+    parser.add_argument(
         "--database-url",
-        help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test (its tables are emptied)",
+        help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/herald_bench (its tables are "
+        "emptied: never a database the test suite uses)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=DEFAULT_LOG_LEVEL,
+        type=str.upper,
+        help=f"HERALD_LOG_LEVEL of every Herald process (default {DEFAULT_LOG_LEVEL}; "
+        "Herald's own default is INFO)",
+    )
+    parser.add_argument(
+        "--otp-backlog",
+        type=int,
+        help="marketing backlog behind the OTPs of the priority scenario "
+        f"(default {FULL.priority_backlog:,}, --quick {QUICK.priority_backlog:,})",
+    )
+    parser.add_argument(
+        "--sweep-rates",
+        type=lambda text: tuple(float(r) for r in text.split(",")),
+        help="offered rates of the sustained sweep, e.g. 50,100,200,400,800",
+    )
+    parser.add_argument(
+        "--c1-p50-today",
+        type=float,
+        metavar="MS",
+        help="send API c=1 p50 measured before the change: the low-load floor is it + 1 ms",
     )
     parser.add_argument(
         "--profile",
@@ -83,6 +129,8 @@ def _meta(
 ) -> dict[str, Any]:
     return {
         "mode": "quick" if args.quick else "full",
+        "database": "postgresql" if (cfg.database_url or "").startswith("postgresql") else "sqlite",
+        "log_level": cfg.log_level,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "commit": _commit(),
@@ -93,16 +141,34 @@ def _meta(
     }
 
 
+def _sizes(args: argparse.Namespace) -> Sizes:
+    """The mode's counts with the command line's overrides."""
+    sizes = QUICK if args.quick else FULL
+    overrides: dict[str, Any] = {}
+    if args.otp_backlog is not None:
+        overrides["priority_backlog"] = args.otp_backlog
+    if args.sweep_rates:
+        overrides["sweep_rates"] = args.sweep_rates
+    return dataclasses.replace(sizes, **overrides)
+
+
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    database_url = args.database_url
+    if database_url is None and args.db == "postgresql":
+        database_url = POSTGRES_URL
+    if database_url is not None and database_url.startswith("postgresql"):
+        await ensure_postgres_database(database_url)
     cfg = BenchConfig(
-        sizes=QUICK if args.quick else FULL,
-        database_url=args.database_url,
+        sizes=_sizes(args),
+        database_url=database_url,
         workdir=workdir,
         profile=args.profile,
         # Quick is a smoke check with a 2-minute budget: one Celery pool is enough.
         celery_pools=["solo"] if args.quick else ["solo", "prefork"],
+        log_level=args.log_level,
+        c1_p50_today_ms=args.c1_p50_today,
     )
     selected = args.only or list(SCENARIOS)
     # Other work on the box skews every figure; the 1-minute load average before each
@@ -139,7 +205,10 @@ async def main(args: argparse.Namespace) -> int:
     write_json(args.out, meta, rows, details)
     print()
     print(table(rows))
-    print(f"\n{meta['mode']} run, {meta['duration_s']:.0f}s; JSON: {args.out}")
+    print(
+        f"\n{meta['mode']} run on {meta['database']}, HERALD_LOG_LEVEL={cfg.log_level}, "
+        f"{meta['duration_s']:.0f}s; JSON: {args.out}"
+    )
     cores = os.cpu_count() or 1
     if load["before_run"] > 0.25 * cores:
         print(

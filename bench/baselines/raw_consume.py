@@ -2,7 +2,9 @@
 
 ``--count N`` drains N messages and exits (2a: the ceiling of one Python consumer on this
 broker); ``--count 0`` consumes until SIGTERM. ``--setnx`` adds one Redis ``SET NX`` per
-message before the ack (3: the least a deduplicating consumer does). The same consume
+message before the ack (3: the least a deduplicating consumer does); its value is the
+wall clock at that moment, so the bench can read each message's accept -> consumer
+latency afterwards at no extra cost to the consumer. The same consume
 pattern as Herald's worker: a callback per message, manual ack, the same prefetch.
 Timestamps (wall clock) go to ``--out`` as JSON.
 """
@@ -41,7 +43,9 @@ async def consume(args: argparse.Namespace) -> dict[str, Any]:
     async def on_message(message: AbstractIncomingMessage) -> None:
         nonlocal acked
         if redis is not None:
-            await redis.set(f"bench:bare:{message.message_id}", b"1", nx=True, ex=3600)
+            await redis.set(
+                f"bench:bare:{message.message_id}", f"{time.time():.6f}", nx=True, ex=3600
+            )
         await message.ack()
         acked += 1
         if acked == 1:

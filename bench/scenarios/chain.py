@@ -13,13 +13,16 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench.config import AMQP_URL, REDIS_URL, SMS_BODY
 from bench.context import NOTIFICATIONS, Context, Server
 from bench.measure import wait_for
 from bench.procs import Proc, python_module
+from bench.provider_latency import bare_latencies, provider_latencies
 from bench.report import Row, Target
+from bench.scrape import batch_histograms
 from herald import names
 from herald.domain import Channel, Priority
 
@@ -58,21 +61,44 @@ async def _sampler(
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
 
 
-async def _offer(
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One open-loop load: ``rate`` per second for ``warmup_s`` + ``duration_s`` (the
+    measured window), then up to ``clear_limit_s`` watching the backlog clear."""
+
+    rate: float
+    warmup_s: float
+    duration_s: float
+    clear_limit_s: float
+    record: bool = False  # keep one record per request (send time, id)
+
+
+def backlog_slope(samples: list[Sample], start: float, end: float) -> float | None:
+    """Least-squares slope (msgs/s) of the backlog over the samples inside the window:
+    steadier than end minus start when the backlog jitters with each poll."""
+    inside = [(t, float(b)) for t, _, b in samples if start <= t <= end]
+    if len(inside) < 3:
+        return None
+    mean_t = sum(t for t, _ in inside) / len(inside)
+    mean_b = sum(b for _, b in inside) / len(inside)
+    spread = sum((t - mean_t) ** 2 for t, _ in inside)
+    if not spread:
+        return None
+    return sum((t - mean_t) * (b - mean_b) for t, b in inside) / spread
+
+
+async def offer_load(
     ctx: Context,
     server: Server,
     name: str,
     sample: Callable[[], Awaitable[tuple[int, int]]],
     check_alive: Callable[[], None],
+    plan: Offer,
 ) -> dict[str, Any]:
     """Offer the fixed rate while sampling; then time how long the backlog takes to clear."""
-    sizes = ctx.cfg.sizes
     samples: list[Sample] = []
     stop = asyncio.Event()
-    # How long the backlog takes to clear once the load stops: watched for at most as long
-    # as the load ran (a detail, not a table figure; unbounded it could dominate --quick).
-    clear_limit_s = sizes.chain_duration_s
-    limit = 2 * clear_limit_s + 120
+    limit = plan.warmup_s + plan.duration_s + plan.clear_limit_s + 120
     sampling = asyncio.create_task(_sampler(sample, samples, stop, limit))
     try:
         load = await ctx.load(
@@ -80,55 +106,71 @@ async def _offer(
             url=server.url + NOTIFICATIONS,
             body=SMS_BODY,
             mode="open",
-            rate=sizes.chain_rate,
-            warmup=sizes.chain_warmup_s,
-            duration=sizes.chain_duration_s,
+            rate=plan.rate,
+            warmup=plan.warmup_s,
+            duration=plan.duration_s,
+            record=plan.record,
         )
         load_end = time.time()
         last = await sample()  # the sampler may have last looked 0.5 s ago
         samples.append((load_end, *last))
         check_alive()
         cleared_at = None
-        with contextlib.suppress(TimeoutError):
-            await wait_for(
-                sample,
-                lambda s: s[1] == 0,
-                limit_s=clear_limit_s,
-                interval=0.1,
-                what="backlog after load",
-            )
-            cleared_at = time.time()
+        if plan.clear_limit_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await wait_for(
+                    sample,
+                    lambda s: s[1] == 0,
+                    limit_s=plan.clear_limit_s,
+                    interval=0.1,
+                    what="backlog after load",
+                )
+                cleared_at = time.time()
     finally:
         stop.set()
         await sampling
     samples.sort()
-    load.pop("records", None)
-    window_start = load["schedule_started_at"] + sizes.chain_warmup_s
-    window_end = window_start + sizes.chain_duration_s
+    records = load.pop("records", None)
+    window_start = load["schedule_started_at"] + plan.warmup_s
+    window_end = window_start + plan.duration_s
     if not samples or samples[-1][0] < window_end:
         raise RuntimeError(f"{name}: sampling ended before the measured window did")
     delivered = at(samples, window_end, 1) - at(samples, window_start, 1)
     backlog_start, backlog_end = at(samples, window_start, 2), at(samples, window_end, 2)
     # Offered but not yet sent, as the callers see it: an API that cannot keep up holds
     # part of the backlog in its own accept queue, where the database count misses it.
-    offered_by_end = int(sizes.chain_rate * (sizes.chain_warmup_s + sizes.chain_duration_s))
-    return {
-        "offered_per_s": sizes.chain_rate,
+    offered_by_end = int(plan.rate * (plan.warmup_s + plan.duration_s))
+    result: dict[str, Any] = {
+        "offered_per_s": plan.rate,
         "accepted_per_s": load["ok_per_s"],
-        "delivered_per_s": delivered / sizes.chain_duration_s,
+        "delivered_per_s": delivered / plan.duration_s,
         "not_sent_at_window_end": max(0.0, offered_by_end - at(samples, window_end, 1)),
         "backlog_at_window_start": backlog_start,
         "backlog_at_window_end": backlog_end,
-        "backlog_growth_per_s": (backlog_end - backlog_start) / sizes.chain_duration_s,
+        "backlog_growth_per_s": (backlog_end - backlog_start) / plan.duration_s,
+        "backlog_slope_per_s": backlog_slope(samples, window_start, window_end),
         "seconds_to_clear_after_load": (cleared_at - load_end) if cleared_at else None,
         "http": load,
         "samples": len(samples),
     }
+    if records is not None:
+        result["records"] = records
+    return result
 
 
-async def herald_chain(ctx: Context) -> dict[str, Any]:
-    await ctx.prepare("chain")
-    async with ctx.herald_api("chain") as api, ctx.herald_worker("chain") as worker:
+def default_offer(ctx: Context) -> Offer:
+    """Scenario 3's load: the issue's fixed rate, the backlog watched as long as it ran
+    (a detail, not a table figure; unbounded it could dominate --quick)."""
+    sizes = ctx.cfg.sizes
+    return Offer(
+        sizes.chain_rate, sizes.chain_warmup_s, sizes.chain_duration_s, sizes.chain_duration_s
+    )
+
+
+async def herald_chain(ctx: Context, plan: Offer, tag: str = "chain") -> dict[str, Any]:
+    """API + one worker under ``plan``; the worker's batch histograms once it is over."""
+    await ctx.prepare(tag)
+    async with ctx.herald_api(tag) as api, ctx.herald_worker(tag) as worker:
         await wait_for(
             lambda: ctx.infra.consumers(QUEUE), lambda n: n > 0, limit_s=30, what="consumers"
         )
@@ -137,17 +179,23 @@ async def herald_chain(ctx: Context) -> dict[str, Any]:
             sent = await ctx.infra.count_status("sent")
             return sent, await ctx.infra.count_notifications() - sent
 
-        ctx.log(f"scenario 3: Herald API + worker at {ctx.cfg.sizes.chain_rate:g} req/s")
-        result = await _offer(ctx, api, "chain-herald-load", sample, worker.check_alive)
+        ctx.log(f"{tag}: Herald API + worker at {plan.rate:g} req/s")
+        result = await offer_load(ctx, api, f"{tag}-herald-load", sample, worker.check_alive, plan)
         result["worker_rss_kib"] = worker.rss_kib()
+        result["batches"] = await batch_histograms(worker.metrics_urls)
+        if plan.record:
+            result["sandbox"] = await provider_latencies(
+                ctx, api, result["records"], category=SMS_BODY["category"]
+            )
     return result
 
 
-async def bare_chain(ctx: Context) -> dict[str, Any]:
+async def bare_chain(ctx: Context, plan: Offer, tag: str = "chain") -> dict[str, Any]:
+    """The bare API feeding a consumer that records each message's arrival in Redis."""
     await ctx.infra.reset()
-    out = ctx.log_dir / "chain-bare-consumer.json"
+    out = ctx.log_dir / f"{tag}-bare-consumer.json"
     consumer: Proc = python_module(
-        "chain-bare-consumer",
+        f"{tag}-bare-consumer",
         "bench.baselines.raw_consume",
         [
             f"--amqp-url={AMQP_URL}",
@@ -168,8 +216,12 @@ async def bare_chain(ctx: Context) -> dict[str, Any]:
             async def sample() -> tuple[int, int]:
                 return int(await ctx.infra.redis.dbsize()), await ctx.infra.depth(QUEUE)
 
-            ctx.log(f"scenario 3: bare chain at {ctx.cfg.sizes.chain_rate:g} req/s")
-            result = await _offer(ctx, bare, "chain-bare-load", sample, consumer.check_alive)
+            ctx.log(f"{tag}: bare chain at {plan.rate:g} req/s")
+            result = await offer_load(
+                ctx, bare, f"{tag}-bare-load", sample, consumer.check_alive, plan
+            )
+            if plan.record:
+                result["consumed"] = await bare_latencies(ctx, result["records"])
     finally:
         await consumer.stop()
     if out.exists():
@@ -178,10 +230,11 @@ async def bare_chain(ctx: Context) -> dict[str, Any]:
 
 
 async def run(ctx: Context) -> list[Row]:
-    herald = await herald_chain(ctx)
-    bare = await bare_chain(ctx)
+    plan = default_offer(ctx)
+    herald = await herald_chain(ctx, plan)
+    bare = await bare_chain(ctx, plan)
     ctx.details["chain"] = {"herald": herald, "bare": bare}
-    rate = ctx.cfg.sizes.chain_rate
+    rate = plan.rate
     vs = "bare API -> SET NX consumer"
     return [
         Row(
