@@ -21,7 +21,6 @@ from producer.auth import Principal
 from producer.problems import FieldError, Problem
 from ratelimit import Limit, rate_limit_headers
 from ratelimit.guard import Check, Guard, Verdict
-from router.select import destination_country
 
 log = get_logger(__name__)
 
@@ -30,9 +29,11 @@ def limit_of(policy: LimitPolicy) -> Limit:
     return Limit(rate=policy.rate, period_s=policy.period_s, burst=policy.burst)
 
 
-def send_checks(settings: Settings, principal: Principal, channel: Channel, to: str) -> list[Check]:
+def send_checks(
+    settings: Settings, principal: Principal, channel: Channel, to: str, *, country: str | None
+) -> list[Check]:
     """Every send: the caller's rate, the recipient's (floods hurt people) and, for SMS,
-    the pumping velocity limits."""
+    the pumping velocity limits. ``country`` is the number's region, from validation."""
     return [
         Check("api_key", f"key:{principal.id}", limit_of(settings.limit_api_key)),
         Check(
@@ -40,11 +41,13 @@ def send_checks(settings: Settings, principal: Principal, channel: Channel, to: 
             f"rcpt:{recipient_key(channel.value, to)}",
             limit_of(settings.limit_recipient),
         ),
-        *sms_checks(settings, channel, to),
+        *sms_checks(settings, channel, to, country=country),
     ]
 
 
-def sms_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
+def sms_checks(
+    settings: Settings, channel: Channel, to: str, *, country: str | None
+) -> list[Check]:
     """SMS pumping (premium ranges that pay the fraudster per message) is not only an OTP
     risk: every SMS counts per destination country and number prefix. These counters are
     apart from the OTP ones, so a legitimate transactional burst never spends the OTP
@@ -52,15 +55,15 @@ def sms_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
     """
     if channel is not Channel.SMS:
         return []
-    country, prefix = _destination(settings, channel, to)
+    region, prefix = _destination(settings, to, country)
     return [
-        Check("sms_country", f"sms-country:{country}", limit_of(settings.limit_sms_country)),
+        Check("sms_country", f"sms-country:{region}", limit_of(settings.limit_sms_country)),
         Check("sms_prefix", f"sms-prefix:{prefix}", limit_of(settings.limit_sms_prefix)),
     ]
 
 
-def _destination(settings: Settings, channel: Channel, to: str) -> tuple[str, str]:
-    return destination_country(channel, to) or "unknown", to[: settings.otp_prefix_length]
+def _destination(settings: Settings, to: str, country: str | None) -> tuple[str, str]:
+    return country or "unknown", to[: settings.otp_prefix_length]
 
 
 def verify_checks(settings: Settings, principal: Principal) -> list[Check]:
@@ -83,7 +86,9 @@ def verify_checks(settings: Settings, principal: Principal) -> list[Check]:
     ]
 
 
-def otp_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
+def otp_checks(
+    settings: Settings, channel: Channel, to: str, *, country: str | None
+) -> list[Check]:
     """OTP sends fail closed: the resend cooldown, sends per window, and for SMS the
     pumping velocity limits per destination country and number prefix."""
     recipient = recipient_key(channel.value, to)
@@ -102,11 +107,11 @@ def otp_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
         ),
     ]
     if channel is Channel.SMS:
-        country, prefix = _destination(settings, channel, to)
+        region, prefix = _destination(settings, to, country)
         checks += [
             Check(
                 "otp_country",
-                f"otp-country:{country}",
+                f"otp-country:{region}",
                 limit_of(settings.limit_otp_country),
                 fail_closed=True,
             ),
@@ -124,11 +129,10 @@ def otp_checks(settings: Settings, channel: Channel, to: str) -> list[Check]:
 PUMPING_POLICIES = ("otp_country", "otp_prefix")
 
 
-def check_destination(settings: Settings, channel: Channel, to: str) -> None:
+def check_destination(settings: Settings, channel: Channel, *, country: str | None) -> None:
     """Countries SMS may (not) go to: a clear 422 before anything is stored or paid."""
     if channel is not Channel.SMS:
         return
-    country = destination_country(channel, to)
     if settings.sms_country_deny and country in settings.sms_country_deny:
         raise FieldError("to", f"SMS to {country} numbers is not allowed")
     if settings.sms_country_allow and country not in settings.sms_country_allow:

@@ -67,11 +67,14 @@ async def send_notification(
         previous = await service.previous(principal.id, key, fingerprint)
         if previous is not None:
             return _accepted_response(previous, {})
-    check_destination(settings, valid.channel, valid.to)
-    checks = send_checks(settings, principal, valid.channel, valid.to)
+    country = valid.country
+    check_destination(settings, valid.channel, country=country)
+    checks = send_checks(settings, principal, valid.channel, valid.to, country=country)
     if valid.category is Category.OTP:  # a caller's own OTP: the OTP pumping limits too
         checks += [
-            c for c in otp_checks(settings, valid.channel, valid.to) if c.policy in PUMPING_POLICIES
+            c
+            for c in otp_checks(settings, valid.channel, valid.to, country=country)
+            if c.policy in PUMPING_POLICIES
         ]
     limit_headers = await enforce(request.app.state.guard, checks)
     await request.app.state.spend.charge(principal, estimated_cost(request, valid))
@@ -123,6 +126,7 @@ def estimated_cost(request: Request, valid: ValidSend) -> float:
         to=valid.to,
         category=valid.category,
         priority=valid.priority,
+        country=valid.country,
     )
     route = plan(request.app.state.rules_source.current(), message)
     return route.order[0].cost if route.order else 0.0
@@ -135,7 +139,7 @@ async def get_notification(
     principal: Annotated[Principal, Depends(require("send"))],
 ) -> dict[str, Any]:
     """Status, timestamps and every delivery attempt of one notification."""
-    async with request.app.state.sessions() as session:
+    async with request.app.state.readers() as session:  # never waits for the write lock
         row = await session.get(Notification, notification_id)
         if row is None or (row.api_key_id != principal.id and not principal.allows("admin")):
             raise Problem(404, "Not found", f"no notification {notification_id}")

@@ -24,7 +24,7 @@ from producer.ratelimits import (
     verify_checks,
 )
 from producer.routes_notifications import estimated_cost
-from producer.validation import StrictInt, ValidSend, normalize_email, normalize_phone
+from producer.validation import StrictInt, ValidSend, normalize_email, parse_phone
 
 router = APIRouter(prefix="/v1/otp", tags=["otp"])
 
@@ -59,12 +59,17 @@ class VerifyRequest(BaseModel):
 
 
 def _recipient(channel: Channel, to: str) -> str:
-    return normalize_phone(to) if channel is Channel.SMS else normalize_email(to)
+    return _destination(channel, to)[0]
 
 
-def _recipient_field(channel: Channel, to: str, field: str) -> str:
+def _destination(channel: Channel, to: str) -> tuple[str, str | None]:
+    """The normalised recipient and, for SMS, the number's region (one parse)."""
+    return parse_phone(to) if channel is Channel.SMS else (normalize_email(to), None)
+
+
+def _recipient_field(channel: Channel, to: str, field: str) -> tuple[Channel, str, str | None]:
     try:
-        return _recipient(channel, to)
+        return (channel, *_destination(channel, to))
     except FieldError as exc:
         raise FieldError(field, exc.errors[0]["message"]) from None
 
@@ -76,6 +81,7 @@ def otp_send(
     *,
     send_at: datetime | None = None,
     metadata: dict[str, Any] | None = None,
+    country: str | None = None,
 ) -> ValidSend:
     """The message carrying an OTP: high priority, no body (the worker renders the code),
     expiring with the code."""
@@ -91,6 +97,7 @@ def otp_send(
         expires_at=issued.expires_at,
         send_at=send_at,
         otp_id=issued.otp_id,
+        country=country,
     )
 
 
@@ -98,18 +105,20 @@ async def _queue_fallbacks(
     request: Request,
     principal: Principal,
     issued: IssuedOtp,
-    fallbacks: list[tuple[Channel, str]],
+    fallbacks: list[tuple[Channel, str, str | None]],
     primary_id: str,
 ) -> list[str]:
     """Schedule the same code on each fallback channel; a worker skips one that is no
     longer needed, and a permanent failure upstream brings the next one forward."""
     state = request.app.state
     chain = [primary_id]
-    for step, (channel, to) in enumerate(fallbacks, start=1):
+    for step, (channel, to, country) in enumerate(fallbacks, start=1):
         send_at = utcnow() + timedelta(seconds=step * state.settings.otp_fallback_after_s)
         if send_at >= issued.expires_at:
             break
-        valid = otp_send(channel, to, issued, send_at=send_at, metadata={"otp_chain": chain[:]})
+        valid = otp_send(
+            channel, to, issued, send_at=send_at, metadata={"otp_chain": chain[:]}, country=country
+        )
         accepted = await state.accept.accept(
             principal, valid, idempotency_key=None, fingerprint=None
         )
@@ -135,7 +144,7 @@ async def send_otp(
     state = request.app.state
     settings = state.settings
     channel = Channel(body.channel)
-    to = _recipient(channel, body.to)
+    to, country = _destination(channel, body.to)
     if body.template is not None:
         try:
             check_template(body.template)
@@ -144,16 +153,17 @@ async def send_otp(
     if body.locale is not None and body.template is None and body.locale not in TEMPLATES:
         raise FieldError("locale", f"no template for {body.locale!r}; one of {sorted(TEMPLATES)}")
     fallbacks = [
-        (Channel(f.channel), _recipient_field(Channel(f.channel), f.to, f"fallback.{i}.to"))
+        _recipient_field(Channel(f.channel), f.to, f"fallback.{i}.to")
         for i, f in enumerate(body.fallback)
     ]
     ttl_s = body.ttl_s or settings.otp_ttl_s
     if ttl_s > settings.otp_max_ttl_s:
         raise FieldError("ttl_s", f"must be at most {settings.otp_max_ttl_s}")
-    check_destination(settings, channel, to)
+    check_destination(settings, channel, country=country)
     headers = await enforce(
         state.guard,
-        send_checks(settings, principal, channel, to) + otp_checks(settings, channel, to),
+        send_checks(settings, principal, channel, to, country=country)
+        + otp_checks(settings, channel, to, country=country),
     )
     try:
         issued = await state.otp.issue(
@@ -166,7 +176,7 @@ async def send_otp(
         )
     except RedisError:
         raise _redis_down() from None
-    valid = otp_send(channel, to, issued)
+    valid = otp_send(channel, to, issued, country=country)
     await state.spend.charge(principal, estimated_cost(request, valid))
     accepted = await state.accept.accept(principal, valid, idempotency_key=None, fingerprint=None)
     fallback_ids: list[str] = []

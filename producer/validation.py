@@ -98,6 +98,9 @@ class ValidSend:
     send_at: datetime | None
     #: Set for OTP messages: the worker renders the code; the request has no body.
     otp_id: str | None = None
+    #: An SMS number's region, from the one parse of the number (limits, routing, the
+    #: envelope all use it); None for other channels.
+    country: str | None = None
 
 
 def reject_control_characters(field: str, value: str) -> None:
@@ -110,6 +113,11 @@ def reject_control_characters(field: str, value: str) -> None:
 
 def normalize_phone(to: str, *, field: str = "to") -> str:
     """An SMS-capable, non-premium number in E.164 (``+447400123456``)."""
+    return parse_phone(to, field=field)[0]
+
+
+def parse_phone(to: str, *, field: str = "to") -> tuple[str, str | None]:
+    """:func:`normalize_phone` and the number's region (``GB``), from one parse."""
     if not to.startswith("+"):
         raise FieldError(
             field, "must be an E.164 phone number starting with '+' and a country code"
@@ -125,7 +133,8 @@ def normalize_phone(to: str, *, field: str = "to") -> str:
         raise FieldError(field, "is a premium-rate number; SMS to it is refused")
     if kind not in SMS_CAPABLE:
         raise FieldError(field, "cannot receive SMS (not a mobile number)")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, phonenumbers.region_code_for_number(number)
 
 
 def normalize_email(to: str, *, field: str = "to") -> str:
@@ -152,8 +161,9 @@ def json_size(value: Any) -> int:
 def validate_send(req: SendRequest, limits: Limits, now: datetime) -> ValidSend:
     if req.template is not None:
         raise FieldError("template", "no template store is configured; send 'body' instead")
+    country: str | None = None
     if req.channel is Channel.SMS:
-        to = normalize_phone(req.to)
+        to, country = parse_phone(req.to)
     elif req.channel is Channel.EMAIL:
         to = normalize_email(req.to)
     else:
@@ -198,6 +208,7 @@ def validate_send(req: SendRequest, limits: Limits, now: datetime) -> ValidSend:
         metadata=req.metadata or {},
         expires_at=expires_at,
         send_at=send_at,
+        country=country,
     )
 
 

@@ -58,6 +58,16 @@ def destination_country(channel: Channel, to: str) -> str | None:
         return None
 
 
+def message_country(message: Envelope) -> str | None:
+    """The SMS destination's region: carried in the envelope by the API (which parsed the
+    number once), or parsed here for an envelope that does not carry it."""
+    if message.channel is not Channel.SMS:
+        return None
+    if message.country is not None:
+        return message.country
+    return destination_country(message.channel, message.to)
+
+
 def matches(
     rule: Rule, channel: Channel, country: str | None, category: str, caller: str | None
 ) -> bool:
@@ -70,7 +80,10 @@ def matches(
 
 
 def match_rule(rules: RoutingRules, message: Envelope) -> Rule | None:
-    country = destination_country(message.channel, message.to)
+    return _first_match(rules, message, message_country(message))
+
+
+def _first_match(rules: RoutingRules, message: Envelope, country: str | None) -> Rule | None:
     for rule in rules.rules:
         if matches(rule, message.channel, country, message.category.value, message.caller):
             return rule
@@ -122,10 +135,10 @@ def plan(
             (chosen,) if ok else (),
             (Considered(spec.name, 0, chosen.cost, ok, reason, 0 if ok else None),),
         )
-    rule = match_rule(rules, message)
+    country = message_country(message)
+    rule = _first_match(rules, message, country)
     if rule is None:
         return Plan(None, (), ())
-    country = destination_country(message.channel, message.to)
     split = getattr(rule, "split", "cheapest")
     order: list[Candidate] = []
     considered: list[Considered] = []
