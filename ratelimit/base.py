@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from herald.errors import InfrastructureError
@@ -112,3 +113,17 @@ class RateLimiter(abc.ABC):
     @abc.abstractmethod
     async def reset(self, key: str) -> None:
         """Forget ``key``: its next request sees a full bucket."""
+
+    async def hit_many(
+        self, requests: Sequence[tuple[str, Limit]], *, now: float | None = None
+    ) -> list[Decision]:
+        """:meth:`hit` (cost 1) on each ``(key, limit)`` in order, stopping at the first
+        refusal: the decisions up to and including it. Earlier keys stay spent, as if hit
+        one by one; a limiter over a remote store makes this one round trip."""
+        decisions: list[Decision] = []
+        for key, limit in requests:
+            decision = await self.hit(key, limit, now=now)
+            decisions.append(decision)
+            if not decision.allowed:
+                break
+        return decisions

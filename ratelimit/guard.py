@@ -46,21 +46,39 @@ class Guard:
         self.local = local or MemoryRateLimiter()
 
     async def check(self, checks: list[Check]) -> Verdict:
-        """Spend one unit from every check, in order; stop at the first refusal."""
-        tightest: tuple[Decision, Limit, str] | None = None
+        """Spend one unit from every check, in order; stop at the first refusal.
+
+        All checks go to the shared limiter in one call. If it cannot answer, the checks
+        are taken in order locally: a fail-closed one answers ``backend_down``, the others
+        spend from the local limiter."""
+        try:
+            decisions = await self.shared.hit_many([(c.key, c.limit) for c in checks])
+        except RateLimitBackendError as exc:
+            return await self._locally(checks, exc)
+        return _verdict(list(zip(checks, decisions, strict=False)))
+
+    async def _locally(self, checks: list[Check], exc: RateLimitBackendError) -> Verdict:
+        decided: list[tuple[Check, Decision]] = []
         for check in checks:
-            try:
-                decision = await self.shared.hit(check.key, check.limit)
-            except RateLimitBackendError as exc:
-                if check.fail_closed:
-                    log.warning("ratelimit_backend_down", policy=check.policy, error=str(exc))
-                    return Verdict(False, None, check.limit, check.policy, backend_down=True)
-                FALLBACKS.labels(check.policy).inc()
-                decision = await self.local.hit(check.key, check.limit)
+            if check.fail_closed:
+                log.warning("ratelimit_backend_down", policy=check.policy, error=str(exc))
+                return Verdict(False, None, check.limit, check.policy, backend_down=True)
+            FALLBACKS.labels(check.policy).inc()
+            decision = await self.local.hit(check.key, check.limit)
+            decided.append((check, decision))
             if not decision.allowed:
-                return Verdict(False, decision, check.limit, check.policy)
-            if tightest is None or decision.remaining < tightest[0].remaining:
-                tightest = (decision, check.limit, check.policy)
-        if tightest is None:
-            return Verdict(True, None, None, None)
-        return Verdict(True, *tightest)
+                break
+        return _verdict(decided)
+
+
+def _verdict(decided: list[tuple[Check, Decision]]) -> Verdict:
+    """The refusal if the last decision is one, else the tightest allowed decision."""
+    tightest: tuple[Decision, Limit, str] | None = None
+    for check, decision in decided:
+        if not decision.allowed:
+            return Verdict(False, decision, check.limit, check.policy)
+        if tightest is None or decision.remaining < tightest[0].remaining:
+            tightest = (decision, check.limit, check.policy)
+    if tightest is None:
+        return Verdict(True, None, None, None)
+    return Verdict(True, *tightest)
