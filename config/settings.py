@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     #: Most a transaction waits for a pooled connection (and, on SQLite, for the write
     #: lock) before failing: an accept then answers 503 instead of queueing unboundedly.
     database_wait_s: float = Field(5.0, gt=0, le=60)
+    #: SQLite's ``PRAGMA synchronous`` (docs/sqlite.md): FULL fsyncs every commit, so a
+    #: ``202`` survives a power cut; NORMAL survives process crashes only, and is faster
+    #: per commit. Group commit makes FULL's fsync one per batch.
+    sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     redis_url: str = "redis://localhost:6379/0"
     routing_file: Path = DEFAULT_ROUTING_FILE
@@ -222,6 +226,12 @@ class Settings(BaseSettings):
     sandbox_cache_s: float = Field(1.0, ge=0)
     #: Where ``herald worker`` serves /metrics (the API serves its own on API_PORT).
     metrics_port: int | None = 9100
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper_synchronous(cls, value: Any) -> Any:
+        """``normal`` works as well as ``NORMAL``, as in SQLite itself."""
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("backoff", mode="before")
     @classmethod

@@ -65,7 +65,7 @@ async def list_dlq(
     )
     try:
         items, next_cursor = await list_dead_letters(
-            request.app.state.sessions,
+            request.app.state.readers,
             filters,
             limit=limit,
             cursor=cursor,
@@ -81,7 +81,7 @@ async def show_dead_letter(
     request: Request, dead_letter_id: str, _: Annotated[Principal, Depends(require("dlq:read"))]
 ) -> dict[str, Any]:
     """One dead letter with its payload (personal data masked) and every attempt."""
-    found = await detail(request.app.state.sessions, dead_letter_id)
+    found = await detail(request.app.state.readers, dead_letter_id)
     if found is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
     return found
@@ -174,7 +174,7 @@ async def audit_log(
             raise FieldError(name, "needs a timezone (e.g. 2026-01-01T00:00:00Z)")
     try:
         items, next_cursor = await recent(
-            request.app.state.sessions,
+            request.app.state.readers,
             limit=limit,
             action=action,
             actor=actor,
@@ -244,10 +244,10 @@ async def bulk_replay(
         exclude_none=True,
     )
     matching = filter_of(filters)
-    sessions = request.app.state.sessions
-    count = await count_matching(sessions, matching)
+    readers = request.app.state.readers
+    count = await count_matching(readers, matching)
     if body.dry_run:
-        sample = await oldest_after(sessions, matching, None, 5)
+        sample = await oldest_after(readers, matching, None, 5)
         return JSONResponse({"count": count, "sample": [item(d) for d in sample]})
     bulk: BulkReplayer = request.app.state.bulk_replayer
     replay_id = await bulk.create(

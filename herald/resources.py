@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import Settings
 from herald.broker import Publisher, Topology, connect
-from herald.storage.db import SessionFactory, make_engine, make_session_factory
+from herald.storage.db import SessionFactory, make_engines, make_session_factory
 
 
 def topology_for(settings: Settings) -> Topology:
@@ -34,10 +34,19 @@ class Resources:
     redis: Redis
     amqp: AbstractRobustConnection | None
     publisher: Publisher | None
+    #: Read-only work (status reads, console pages): on SQLite a pool of query-only
+    #: connections that never wait for the write lock; elsewhere the same engine.
+    reader: AsyncEngine
+    readers: SessionFactory
 
     @classmethod
     async def open(cls, settings: Settings, *, name: str, broker: bool = True) -> Resources:
-        engine = make_engine(settings.database_url, wait_s=settings.database_wait_s)
+        engines = make_engines(
+            settings.database_url,
+            wait_s=settings.database_wait_s,
+            synchronous=settings.sqlite_synchronous,
+        )
+        engine = engines.writer
         redis = make_redis(settings)
         amqp = publisher = None
         if broker:
@@ -46,7 +55,8 @@ class Resources:
             await topology_for(settings).declare(channel)
             await channel.close()
             publisher = Publisher(amqp)
-        return cls(settings, engine, make_session_factory(engine), redis, amqp, publisher)
+        sessions, readers = make_session_factory(engine), make_session_factory(engines.reader)
+        return cls(settings, engine, sessions, redis, amqp, publisher, engines.reader, readers)
 
     async def close(self) -> None:
         if self.publisher is not None:
@@ -57,3 +67,5 @@ class Resources:
                 await self.amqp.close()
         await self.redis.aclose()
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()

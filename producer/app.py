@@ -114,6 +114,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> FastAPI:
         state.resources = resources
         state.engine = resources.engine
         state.sessions = resources.sessions
+        state.readers = resources.readers  # for handlers that only read
         state.redis = resources.redis
         state.publisher = resources.publisher
         state.keys = keys

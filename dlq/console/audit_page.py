@@ -32,7 +32,7 @@ async def audit_page(
     cursor = request.query_params.get("cursor") or None
     try:
         entries, next_cursor = await recent(
-            request.app.state.sessions,
+            request.app.state.readers,
             limit=PAGE,
             action=action,
             cursor=cursor,

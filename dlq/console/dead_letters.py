@@ -59,7 +59,7 @@ async def dead_letter_list(request: Request, seen: Reader) -> HTMLResponse:
     cursor = request.query_params.get("cursor") or None
     try:
         items, next_cursor = await list_dead_letters(
-            request.app.state.sessions,
+            request.app.state.readers,
             form.to_filter(),
             limit=PAGE,
             cursor=cursor,
@@ -68,7 +68,7 @@ async def dead_letter_list(request: Request, seen: Reader) -> HTMLResponse:
     except BadCursor:
         items, next_cursor = [], None
         form.problems["cursor"] = "is not a cursor this console made; start from the first page"
-    total = await count_matching(request.app.state.sessions, form.to_filter())
+    total = await count_matching(request.app.state.readers, form.to_filter())
     template = "_dead_letter_results.html" if is_htmx(request) else "dead_letters.html"
     return render(
         request,
@@ -85,7 +85,7 @@ async def dead_letter_list(request: Request, seen: Reader) -> HTMLResponse:
 
 
 async def _entry(request: Request, dead_letter_id: str) -> dict[str, Any]:
-    found = await detail(request.app.state.sessions, dead_letter_id)
+    found = await detail(request.app.state.readers, dead_letter_id)
     if found is None:
         raise ConsoleRefused(404, f"There is no dead letter {dead_letter_id}.")
     return found
@@ -184,9 +184,9 @@ async def bulk_preview(request: Request, seen: Writer) -> HTMLResponse:
     """The dry run: how many open dead letters the filter matches, and a sample."""
     form = FilterForm.parse(request.query_params)
     matching = form.to_filter(open_only=True)
-    sessions = request.app.state.sessions
-    count = await count_matching(sessions, matching)
-    sample = [item(d) for d in await oldest_after(sessions, matching, None, 5)]
+    readers = request.app.state.readers
+    count = await count_matching(readers, matching)
+    sample = [item(d) for d in await oldest_after(readers, matching, None, 5)]
     return render(
         request,
         "bulk_preview.html",
@@ -220,7 +220,7 @@ async def bulk_start(request: Request, seen: Writer) -> Response:
             422, "The rate cap must be a number above 0 and at most 1000 per second."
         )
     filters = form.api_filters()
-    count = await count_matching(request.app.state.sessions, filter_of(filters))
+    count = await count_matching(request.app.state.readers, filter_of(filters))
     bulk: BulkReplayer = request.app.state.bulk_replayer
     replay_id = await bulk.create(
         filters,

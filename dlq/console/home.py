@@ -23,8 +23,8 @@ async def overview(request: Request, seen: Annotated[Viewer, Depends(viewer)]) -
     state = request.app.state
     context: dict[str, Any] = {"dlq_names": {names.DLQ}}
     if seen.can("dlq:read"):
-        context["dead"] = await open_counts(state.sessions)
-        context["minutes"] = bar_heights(await sends_per_minute(state.sessions))
+        context["dead"] = await open_counts(state.readers)
+        context["minutes"] = bar_heights(await sends_per_minute(state.readers))
         context["depths"] = await queue_depths(state.console_queues)
     if seen.can("routing:read"):
         board: BreakerBoard = state.breakers

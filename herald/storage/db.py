@@ -28,7 +28,7 @@ from herald.storage import sqlite_driver
 SessionFactory = async_sessionmaker[AsyncSession]
 
 #: SQLite's ``PRAGMA synchronous`` levels Herald accepts (see docs/sqlite.md).
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
 
 #: How long a transaction may wait for a pooled connection, and on SQLite for the write
 #: lock, before it fails (and the API answers 503) instead of queueing without bound.
@@ -57,7 +57,7 @@ def make_engines(
     pool_size: int = 10,
     readers: int = DEFAULT_READERS,
     wait_s: float = DEFAULT_WAIT_S,
-    synchronous: Synchronous = "NORMAL",
+    synchronous: Synchronous = "FULL",
 ) -> Engines:
     """A writer and a reader: separate on a SQLite file, the same engine elsewhere."""
     writer = make_engine(url, pool_size=pool_size, wait_s=wait_s, synchronous=synchronous)
@@ -74,7 +74,7 @@ def make_engine(
     *,
     pool_size: int = 10,
     wait_s: float = DEFAULT_WAIT_S,
-    synchronous: Synchronous = "NORMAL",
+    synchronous: Synchronous = "FULL",
     readonly: bool = False,
 ) -> AsyncEngine:
     """One engine; on SQLite the single-connection writer unless ``readonly``."""
