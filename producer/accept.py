@@ -27,7 +27,7 @@ from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import delete, insert, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.settings import Settings
 from herald import metrics, names
@@ -111,6 +111,8 @@ class AcceptService:
         self, sessions: SessionFactory, redis: Redis, outbox: Outbox, settings: Settings
     ) -> None:
         self.sessions = sessions
+        #: The writer's engine: batches run on a Core connection, without ORM sessions.
+        self.engine = cast(AsyncEngine, sessions.kw["bind"])
         self.redis = redis
         self.outbox = outbox
         self.settings = settings
@@ -267,13 +269,13 @@ class AcceptService:
 
     async def _write(self, rows: Sequence[AcceptRow]) -> list[int | _KeyTaken]:
         """Insert the batch in one transaction: the outbox id of each row, or KEY_TAKEN."""
-        async with self.sessions.begin() as session:
-            taken = await self._claim_keys(session, rows)
+        async with self.engine.begin() as conn:
+            taken = await self._claim_keys(conn, rows)
             live = [row for i, row in enumerate(rows) if i not in taken]
             entry_ids: dict[str, int] = {}
             if live:
-                await session.execute(insert(NOTIFICATIONS), [row.notification for row in live])
-                result = await session.execute(
+                await conn.execute(insert(NOTIFICATIONS), [row.notification for row in live])
+                result = await conn.execute(
                     insert(OUTBOX).returning(OUTBOX.c.id, OUTBOX.c.notification_id),
                     [row.outbox for row in live],
                 )
@@ -283,7 +285,7 @@ class AcceptService:
             for i, row in enumerate(rows)
         ]
 
-    async def _claim_keys(self, session: AsyncSession, rows: Sequence[AcceptRow]) -> set[int]:
+    async def _claim_keys(self, conn: AsyncConnection, rows: Sequence[AcceptRow]) -> set[int]:
         """Insert the batch's idempotency keys; the indexes of rows whose key was taken.
 
         The first row of the batch with a key wins it; a key stored before counts only
@@ -301,19 +303,19 @@ class AcceptService:
                 first[ident] = (i, row.key)
         if not first:
             return taken
-        engine = cast(AsyncEngine, session.bind)
-        claim = insert_ignoring_conflicts(engine, KEYS).returning(KEYS.c.api_key_id, KEYS.c.key)
-        claimed = await session.execute(claim, [key for _, key in first.values()])
+        claim = insert_ignoring_conflicts(self.engine, KEYS)
+        claim = claim.returning(KEYS.c.api_key_id, KEYS.c.key)
+        claimed = await conn.execute(claim, [key for _, key in first.values()])
         won = {tuple(r) for r in claimed}
         stale = [ident for ident in first if ident not in won]
         if stale:
             cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_s)
-            await session.execute(
+            await conn.execute(
                 delete(KEYS).where(
                     tuple_(KEYS.c.api_key_id, KEYS.c.key).in_(stale), KEYS.c.created_at < cutoff
                 )
             )
-            again = await session.execute(claim, [first[ident][1] for ident in stale])
+            again = await conn.execute(claim, [first[ident][1] for ident in stale])
             won |= {tuple(r) for r in again}
         taken.update(i for ident, (i, _) in first.items() if ident not in won)
         return taken

@@ -126,7 +126,9 @@ def parse_phone(to: str, *, field: str = "to") -> tuple[str, str | None]:
         number = phonenumbers.parse(to, None)
     except phonenumbers.NumberParseException as exc:
         raise FieldError(field, f"is not a phone number ({exc._msg})") from None
-    if not phonenumbers.is_valid_number(number):
+    # is_valid_number would look the region up itself; it is needed below as well.
+    region = phonenumbers.region_code_for_number(number)
+    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
         raise FieldError(field, "is not a valid phone number")
     kind = phonenumbers.number_type(number)
     if kind == PhoneNumberType.PREMIUM_RATE:
@@ -134,7 +136,7 @@ def parse_phone(to: str, *, field: str = "to") -> tuple[str, str | None]:
     if kind not in SMS_CAPABLE:
         raise FieldError(field, "cannot receive SMS (not a mobile number)")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164, phonenumbers.region_code_for_number(number)
+    return e164, region
 
 
 def normalize_email(to: str, *, field: str = "to") -> str:
