@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bench.sqlite_hops import measure
@@ -187,6 +187,27 @@ async def test_a_failed_statement_rolls_back_and_leaves_the_connection_clean(
     async with reads() as session:
         ids = set((await session.execute(select(Notification.id))).scalars())
     assert ids == {"m0", "m1", "m2", "m3", "m4", "kept"}
+
+
+async def test_a_streamed_first_read_still_takes_the_lock_at_begin(sqlite_url: str) -> None:
+    """A streamed result runs on aiosqlite's own cursor: the BEGIN must precede it too."""
+    engines = make_engines(sqlite_url, wait_s=0.3)
+    writes = make_session_factory(engines.writer)
+    try:
+        async with writes.begin() as session:
+            await session.execute(insert(Notification), [row(f"s{n}") for n in range(3)])
+        with write_lock_held(database_file(sqlite_url)), pytest.raises(OperationalError):
+            async with writes.begin() as session:
+                await session.stream(select(Notification.id))
+        async with writes.begin() as session:
+            streamed = await session.stream_scalars(select(Notification.id).order_by("id"))
+            assert [nid async for nid in streamed] == ["s0", "s1", "s2"]
+            updated = await session.execute(
+                update(Notification).where(Notification.id != "s0").values(generation=1)
+            )
+            assert updated.rowcount == 2  # type: ignore[attr-defined]
+    finally:
+        await engines.dispose()
 
 
 def test_each_transaction_costs_few_hand_offs_to_the_sqlite_thread(tmp_path: Path) -> None:

@@ -137,6 +137,17 @@ class HeraldConnection(AsyncAdapt_aiosqlite_connection):
         """Send ``sql`` (``BEGIN`` or ``BEGIN IMMEDIATE``) in the first statement's call."""
         self._pending_begin = sql
 
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side and self._pending_begin is not None:
+            # A streamed result runs on aiosqlite's own cursor: send the BEGIN first.
+            begin, self._pending_begin = self._pending_begin, None
+            raw = cast(aiosqlite.Connection, self._connection)
+            try:
+                await_(raw._execute(raw._conn.execute, begin))
+            except Exception as error:  # noqa: BLE001 - re-raised as the DBAPI error
+                self._handle_exception(error)
+        return super().cursor(server_side)
+
     def _in_transaction(self) -> bool:
         raw = cast(aiosqlite.Connection, self._connection)._connection
         return raw is not None and bool(raw.in_transaction)
