@@ -1,36 +1,32 @@
-"""Group commit: concurrent requests share one transaction, each still told its own outcome.
+"""Group commit: concurrent accepts share one transaction, each still told its own outcome.
 
 Every accept used to pay a whole transaction (begin, three statements, commit, ~2 ms on
 SQLite through the async adapter). Here requests hand their rows to one writer task per
-process; the writer commits everything queued in one transaction and answers each
-request only after that commit. There is no timer: an idle writer starts on the first
-row at once, and rows that arrive while it is committing form its next batch.
+process (a :class:`herald.batching.Batcher`); the writer commits everything queued in one
+transaction and answers each request only after that commit. There is no timer: an idle
+writer starts on the first row at once, and rows that arrive while it is committing form
+its next batch.
 
-This module is only the batching: it knows nothing about databases. ``write`` commits a
-batch and returns one result per row, in order. When a batch fails, a failure the whole
-database shares (``shared_failure``: down, locked, timed out) fails every row of it; any
-other failure may be one bad row's, so its rows are written again one at a time and only
-the row that fails on its own fails its request.
-
-A row that waits longer than ``wait_s`` before its batch starts is dropped unwritten and
-its request fails with :class:`CommitWaitTimeout`: a slow database gives a prompt error
-instead of a growing queue, and a request that gave up is never committed later.
+A failed batch whose error the whole database shares (down, locked, timed out) fails all
+its rows; any other error is retried row by row, so one bad row fails only its request.
+A row still queued after ``wait_s`` (HERALD_DATABASE_WAIT_S, the deadline every wait for
+the database has) is dropped unwritten with :class:`CommitWaitTimeout`, which the API
+answers with its database-unavailable ``503``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from herald.batching import Batcher, BatchStats, Write
+
+__all__ = ["BatchStats", "CommitWaitTimeout", "GroupCommit"]
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-Write = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
 
 
 class CommitWaitTimeout(PoolTimeout):
@@ -40,33 +36,13 @@ class CommitWaitTimeout(PoolTimeout):
     like any other wait for the database that ran out."""
 
 
-@dataclass(eq=False, slots=True)
-class _Pending(Generic[T, R]):
-    item: T
-    future: asyncio.Future[R]
-    taken: bool = False
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-
-    def resolve(self, result: R) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+def _wait_timeout(wait_s: float) -> BaseException:
+    return CommitWaitTimeout(f"waited {wait_s:g} s for the database writer; not stored")
 
 
-@dataclass(frozen=True, slots=True)
-class BatchStats:
-    """What the writer did so far (tests and metrics read it)."""
+class GroupCommit(Batcher[T, R]):
+    """A batcher whose rows that waited too long fail as a database timeout."""
 
-    batches: int
-    rows: int
-    largest: int
-    singles_after_failure: int
-
-
-class GroupCommit(Generic[T, R]):
     def __init__(
         self,
         write: Write[T, R],
@@ -76,97 +52,11 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self._write = write
-        self._wait_s = wait_s
-        self._shared_failure = shared_failure
-        self._max_batch = max_batch
-        self._on_batch = on_batch
-        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
-        self._writer: asyncio.Task[None] | None = None
-        self._batches = self._rows = self._largest = self._singles = 0
-
-    @property
-    def stats(self) -> BatchStats:
-        return BatchStats(self._batches, self._rows, self._largest, self._singles)
-
-    async def submit(self, item: T) -> R:
-        """Queue ``item`` and wait until the transaction holding it has committed."""
-        loop = asyncio.get_running_loop()
-        pending: _Pending[T, R] = _Pending(item, loop.create_future())
-        pending.timer = loop.call_later(self._wait_s, self._expire, pending)
-        self._queue.append(pending)
-        if self._writer is None:
-            self._writer = loop.create_task(self._run())
-        try:
-            return await pending.future
-        finally:
-            pending.timer.cancel()
-
-    def _expire(self, pending: _Pending[T, R]) -> None:
-        """Still queued after ``wait_s``: give up on it (the writer skips a done future)."""
-        if not pending.taken:
-            pending.fail(
-                CommitWaitTimeout(f"waited {self._wait_s:g} s for the database writer; not stored")
-            )
-
-    def _take(self) -> list[_Pending[T, R]]:
-        batch: list[_Pending[T, R]] = []
-        while self._queue and len(batch) < self._max_batch:
-            pending = self._queue.popleft()
-            if pending.future.done():  # expired, or its request was cancelled
-                continue
-            pending.taken = True
-            batch.append(pending)
-        return batch
-
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                if batch:
-                    await self._commit(batch)
-        finally:
-            self._writer = None
-            for pending in self._queue:  # only if the writer itself was cancelled
-                pending.fail(asyncio.CancelledError())
-
-    async def _commit(self, batch: list[_Pending[T, R]]) -> None:
-        self._batches += 1
-        self._rows += len(batch)
-        self._largest = max(self._largest, len(batch))
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
-        try:
-            results = await self._write([p.item for p in batch])
-        except asyncio.CancelledError as exc:
-            for pending in batch:
-                pending.fail(exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - handed to the requests it belongs to
-            if len(batch) == 1 or self._shared_failure(exc):
-                for pending in batch:
-                    pending.fail(exc)
-                return
-            await self._one_by_one(batch)
-            return
-        for pending, result in zip(batch, results, strict=True):
-            pending.resolve(result)
-
-    async def _one_by_one(self, batch: list[_Pending[T, R]]) -> None:
-        """After a failed batch: each row alone, so only a bad row fails its request."""
-        for index, pending in enumerate(batch):
-            self._singles += 1
-            try:
-                (result,) = await self._write([pending.item])
-            except asyncio.CancelledError as exc:
-                for rest in batch[index:]:
-                    rest.fail(exc)
-                raise
-            except Exception as exc:  # noqa: BLE001 - this row's own failure
-                if self._shared_failure(exc):  # the database went away meanwhile
-                    for rest in batch[index:]:
-                        rest.fail(exc)
-                    return
-                pending.fail(exc)
-            else:
-                pending.resolve(result)
+        super().__init__(
+            write,
+            wait_s=wait_s,
+            shared_failure=shared_failure,
+            max_batch=max_batch,
+            timeout_error=_wait_timeout,
+            on_batch=on_batch,
+        )

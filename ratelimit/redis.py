@@ -10,11 +10,13 @@ clocks disagree still share one timeline; ``now=`` overrides it (tests).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from herald import names
+from herald.batching import Batcher
 from ratelimit.base import (
     US_PER_S,
     Decision,
@@ -86,13 +88,35 @@ return out
 """
 
 
+#: One request's call of ``_GCRA_MANY``: its keys and its arguments.
+_Call = tuple[list[str], list[int | str]]
+#: How long a call may wait for the pipeline before it counts as Redis being down: the
+#: client's own socket timeouts (2 s to connect, 2 s to answer) bound the one in flight.
+PIPELINE_WAIT_S = 4.0
+
+
 class RedisRateLimiter(RateLimiter):
-    """GCRA over a shared Redis; the client is made at start-up and passed in."""
+    """GCRA over a shared Redis; the client is made at start-up and passed in.
+
+    The ``hit_many`` calls of concurrent requests go to Redis together, in one pipeline
+    (each still one atomic script run), so a busy API pays one round trip per batch.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._gcra = redis.register_script(_GCRA)
         self._gcra_many = redis.register_script(_GCRA_MANY)
+        self._calls: Batcher[_Call, Any] = Batcher(
+            self._pipeline,
+            wait_s=PIPELINE_WAIT_S,
+            shared_failure=lambda _exc: True,  # a failed pipeline failed for everyone
+            timeout_error=lambda wait_s: RedisError(f"no pipeline slot within {wait_s:g} s"),
+        )
+
+    @property
+    def pipelines(self) -> int:
+        """How many pipelines ``hit_many`` has sent (tests read it)."""
+        return self._calls.stats.batches
 
     async def hit(
         self, key: str, limit: Limit, *, cost: int = 1, now: float | None = None
@@ -115,7 +139,9 @@ class RedisRateLimiter(RateLimiter):
         for _, limit in requests:
             args += [limit.interval_us, limit.burst]
         try:
-            replies = await self._gcra_many(keys=keys, args=args)
+            replies = await self._calls.submit((keys, args))
+            if isinstance(replies, Exception):  # this call's own error, inside the pipeline
+                raise replies
         except (RedisError, OSError) as exc:
             listed = ", ".join(repr(key) for key, _ in requests)
             raise RateLimitBackendError(f"rate limiter: hit on {listed} failed: {exc}") from exc
@@ -123,6 +149,27 @@ class RedisRateLimiter(RateLimiter):
             Decision(bool(allowed), int(remaining), retry_us / US_PER_S, reset_us / US_PER_S)
             for allowed, remaining, retry_us, reset_us in replies
         ]
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        """Run every call's script in one pipeline: each reply, or its error as a value.
+
+        The script goes by its SHA; the first use on a Redis that lacks it (new or
+        flushed) loads it and runs those calls again."""
+        replies = await self._send(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            self._gcra_many.sha = await self.redis.script_load(_GCRA_MANY)
+            again = await self._send([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _send(self, calls: Sequence[_Call]) -> list[Any]:
+        sha = self._gcra_many.sha
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def reset(self, key: str) -> None:
         try:

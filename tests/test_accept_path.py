@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 
@@ -117,6 +118,24 @@ async def test_every_limit_of_an_sms_send_is_one_redis_call(redis_client: Redis)
     assert not refused.allowed and refused.policy == "recipient"
     assert refused.decision is not None and refused.decision.retry_after_s > 0
     assert shared.single == 0
+
+
+async def test_concurrent_requests_share_a_pipeline_and_still_count_exactly(
+    redis_client: Redis,
+) -> None:
+    limiter = RedisRateLimiter(redis_client)
+    burst = Limit(rate=5, period_s=3600)
+    limiter._gcra_many.sha = "0" * 40  # as on a Redis without the script: NOSCRIPT, loaded
+    answers = await asyncio.gather(
+        *(limiter.hit_many([("shared", burst), (f"own-{i}", SLOW)]) for i in range(20))
+    )
+    allowed = [a for a in answers if a[0].allowed]
+    assert len(allowed) == 5
+    assert all(len(a) == 2 for a in allowed)  # the second key decided only when the first allowed
+    assert all(len(a) == 1 for a in answers if not a[0].allowed)
+    assert sorted(a[0].remaining for a in allowed) == [0, 1, 2, 3, 4]
+    assert 1 <= limiter.pipelines < 20
+    assert limiter._gcra_many.sha != "0" * 40
 
 
 async def test_redis_down_still_fails_closed_limits_closed_and_others_open() -> None:
