@@ -111,17 +111,31 @@ class Infra:
             CELERY_QUEUE,
         ]
 
-    async def reset(self) -> None:
-        """Empty every queue of the vhost and Redis db 14: each scenario starts clean."""
+    async def reset(self, settle_s: float = 0.5, rounds: int = 10) -> None:
+        """Empty every queue of the vhost and Redis db 14: each scenario starts clean.
+
+        A quorum queue's purge removes only ready messages: those a consumer that just
+        exited still held come back when the broker notices the closed channel, which can
+        be after the purge (seen after a loaded chain: the next scenario's worker got the
+        previous one's messages). So purge, wait ``settle_s``, and purge again until a
+        round finds every queue empty and without consumers.
+        """
         channel = await self.amqp.channel()
         try:
             await topology_for(self.settings).declare(channel)
             await channel.declare_queue(
                 CELERY_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
             )
-            for name in self.all_queues():
-                queue = await channel.get_queue(name, ensure=False)
-                await queue.purge()
+            for _ in range(rounds):
+                leftover = 0
+                for name in self.all_queues():
+                    queue = await channel.declare_queue(name, passive=True)
+                    result = queue.declaration_result
+                    leftover += (result.message_count or 0) + (result.consumer_count or 0)
+                    await queue.purge()
+                if not leftover:
+                    break
+                await asyncio.sleep(settle_s)
         finally:
             await channel.close()
         await self.redis.flushdb()

@@ -73,18 +73,19 @@ class Offer:
     record: bool = False  # keep one record per request (send time, id)
 
 
-def backlog_slope(samples: list[Sample], start: float, end: float) -> float | None:
-    """Least-squares slope (msgs/s) of the backlog over the samples inside the window:
-    steadier than end minus start when the backlog jitters with each poll."""
-    inside = [(t, float(b)) for t, _, b in samples if start <= t <= end]
+def fitted_slope(samples: list[Sample], start: float, end: float, field: int) -> float | None:
+    """Least-squares slope (per s) of a sampled series over the samples inside the window:
+    steadier than end minus start, which one stall at either edge of the window skews by
+    the whole stall (a 1 s stall at 200/s is 40/s off a 5 s window)."""
+    inside = [(s[0], float(s[field])) for s in samples if start <= s[0] <= end]
     if len(inside) < 3:
         return None
     mean_t = sum(t for t, _ in inside) / len(inside)
-    mean_b = sum(b for _, b in inside) / len(inside)
+    mean_v = sum(v for _, v in inside) / len(inside)
     spread = sum((t - mean_t) ** 2 for t, _ in inside)
     if not spread:
         return None
-    return sum((t - mean_t) * (b - mean_b) for t, b in inside) / spread
+    return sum((t - mean_t) * (v - mean_v) for t, v in inside) / spread
 
 
 async def offer_load(
@@ -148,7 +149,8 @@ async def offer_load(
         "backlog_at_window_start": backlog_start,
         "backlog_at_window_end": backlog_end,
         "backlog_growth_per_s": (backlog_end - backlog_start) / plan.duration_s,
-        "backlog_slope_per_s": backlog_slope(samples, window_start, window_end),
+        "delivered_fit_per_s": fitted_slope(samples, window_start, window_end, 1),
+        "backlog_slope_per_s": fitted_slope(samples, window_start, window_end, 2),
         "seconds_to_clear_after_load": (cleared_at - load_end) if cleared_at else None,
         "http": load,
         "samples": len(samples),

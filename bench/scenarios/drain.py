@@ -53,6 +53,13 @@ def _result(progress: Progress, cpu_s: float | None) -> dict[str, Any]:
     return summary
 
 
+def _steady_cpu_ms(marks: dict[float, tuple[int, float]]) -> float | None:
+    if 0.1 not in marks or 0.9 not in marks or marks[0.9][0] <= marks[0.1][0]:
+        return None
+    (sent_low, cpu_low), (sent_high, cpu_high) = marks[0.1], marks[0.9]
+    return 1000 * (cpu_high - cpu_low) / (sent_high - sent_low)
+
+
 async def herald_drain(
     ctx: Context, count: int, *, tag: str = "drain", processes: int = 1, sample_lag: bool = True
 ) -> dict[str, Any]:
@@ -72,8 +79,15 @@ async def herald_drain(
         profiler = None
         profiling = ctx.cfg.profile and tag == "drain"
 
-        async def maybe_profile(_at: float, sent: int) -> None:
+        # CPU at the first samples past 10 % and 90 % sent: the steady CPU per message,
+        # without the start-up of one or three interpreters (--processes 2).
+        cpu_marks: dict[float, tuple[int, float]] = {}
+
+        async def on_sample(_at: float, sent: int) -> None:
             nonlocal profiler
+            for share in (0.1, 0.9):
+                if share not in cpu_marks and sent >= count * share:
+                    cpu_marks[share] = (sent, worker.cpu_seconds())
             if profiling and profiler is None and sent >= count * 0.05:
                 PROFILE_RAW.parent.mkdir(parents=True, exist_ok=True)
                 profiler = profile.start(worker, PROFILE_RAW, 600, ctx.log_dir)
@@ -85,9 +99,12 @@ async def herald_drain(
             limit_s=_limit_s(count),
             interval=_interval(count),
             alive=worker.check_alive,
-            on_sample=maybe_profile,
+            on_sample=on_sample,
         )
         result = _result(progress, worker.cpu_seconds())
+        result["cpu_ms_per_msg_steady"] = _steady_cpu_ms(cpu_marks)
+        first = progress.time_reaching(1)
+        result["spawn_to_first_sent_s"] = first - worker.spawned_at if first else None
         result["processes"] = processes
         result["rss_kib_end"] = worker.rss_kib()
         result["batches"] = await batch_histograms(worker.metrics_urls)
