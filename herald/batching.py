@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,8 +33,7 @@ Write = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
 class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
-    taken: bool = False
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    deadline: float  # loop time after which it is dropped if still queued
 
     def resolve(self, result: R) -> None:
         if not self.future.done():
@@ -74,6 +73,9 @@ class Batcher(Generic[T, R]):
         self._timeout_error = timeout_error
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
+        #: One timer for the oldest queued item, armed only while a batch is in flight
+        #: (an idle batcher takes an item at once): no timer per item.
+        self._watchdog: asyncio.TimerHandle | None = None
         self._batches = self._rows = self._largest = self._singles = 0
 
     @property
@@ -83,28 +85,31 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait until the batch holding it is written."""
         loop = asyncio.get_running_loop()
-        pending: _Pending[T, R] = _Pending(item, loop.create_future())
-        pending.timer = loop.call_later(self._wait_s, self._expire, pending)
+        pending: _Pending[T, R] = _Pending(item, loop.create_future(), loop.time() + self._wait_s)
         self._queue.append(pending)
         if self._writer is None:
             self._writer = loop.create_task(self._run())
-        try:
-            return await pending.future
-        finally:
-            pending.timer.cancel()
+        elif self._watchdog is None:
+            self._watchdog = loop.call_at(pending.deadline, self._expire_due)
+        return await pending.future
 
-    def _expire(self, pending: _Pending[T, R]) -> None:
-        """Still queued after ``wait_s``: give up on it (the batcher skips a done future)."""
-        if not pending.taken:
-            pending.fail(self._timeout_error(self._wait_s))
+    def _expire_due(self) -> None:
+        """Fail the queued items whose deadline passed (they are never written), oldest
+        first, and wait for the next one's."""
+        self._watchdog = None
+        now = asyncio.get_running_loop().time()
+        queue = self._queue
+        while queue and (queue[0].future.done() or queue[0].deadline <= now):
+            queue.popleft().fail(self._timeout_error(self._wait_s))
+        if queue:
+            self._watchdog = asyncio.get_running_loop().call_at(queue[0].deadline, self._expire_due)
 
     def _take(self) -> list[_Pending[T, R]]:
         batch: list[_Pending[T, R]] = []
         while self._queue and len(batch) < self._max_batch:
             pending = self._queue.popleft()
-            if pending.future.done():  # expired, or its caller was cancelled
+            if pending.future.done():  # its caller was cancelled
                 continue
-            pending.taken = True
             batch.append(pending)
         return batch
 
@@ -116,8 +121,11 @@ class Batcher(Generic[T, R]):
                     await self._commit(batch)
         finally:
             self._writer = None
-            for pending in self._queue:  # only if the writer itself was cancelled
-                pending.fail(asyncio.CancelledError())
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            while self._queue:  # only if the writer itself was cancelled
+                self._queue.popleft().fail(asyncio.CancelledError())
 
     async def _commit(self, batch: list[_Pending[T, R]]) -> None:
         self._batches += 1
