@@ -217,7 +217,7 @@ def test_each_transaction_costs_few_hand_offs_to_the_sqlite_thread(tmp_path: Pat
     url = f"sqlite+aiosqlite:///{tmp_path}/hops.db"
     upgrade(url)
     results = asyncio.run(measure(url))
-    hand_offs = {name: hops for name, (hops, _) in results.items()}
+    hand_offs = {name: result[0] for name, result in results.items()}
     assert hand_offs == {
         "status read (get + attempts)": 3,  # two statements, the rollback at close
         "one-row write": 2,  # BEGIN IMMEDIATE with the INSERT, then COMMIT
