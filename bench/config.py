@@ -61,7 +61,7 @@ class Sizes:
     low_rate: float = 10.0
     low_duration_s: float = 20.0
     #: One vs two worker processes draining the same backlog.
-    procs_count: int = 20_000
+    procs_count: int = 10_000
 
 
 QUICK = Sizes(

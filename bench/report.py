@@ -75,7 +75,7 @@ class Row:
         return out
 
 
-def _num(value: float | None, unit: str = "") -> str:
+def num(value: float | None, unit: str = "") -> str:
     if value is None:
         return "n/a"
     text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if value else "0"
@@ -88,8 +88,8 @@ def table(rows: list[Row]) -> str:
         [
             row.scenario,
             row.metric,
-            _num(row.herald, row.unit),
-            _num(row.baseline, row.unit),
+            num(row.herald, row.unit),
+            num(row.baseline, row.unit),
             row.vs,
             f"{row.ratio:.2f}x" if row.ratio is not None else "n/a",
             str(row.target) if row.target else "-",
