@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # Workers.
     worker_prefetch: int = 64
     worker_high_prefetch: int = 32
+    #: Messages one delivery batch takes from what is already waiting on a queue (1: one
+    #: at a time, the old loop). No timer: a quiet queue's message goes alone, at once.
+    worker_batch_max: int = Field(64, ge=1, le=1000)
     claim_lease_s: float = 30.0
     provider_timeout_s: float = 10.0
     shutdown_grace_s: float = 25.0

@@ -49,3 +49,14 @@ DEAD_LETTER_STORE_PAUSES = Counter(
     "herald_dead_letter_store_pauses_total",
     "Dead letters put back on herald.dlq because the database could not store them",
 )
+BATCH_SIZE = Histogram(
+    "herald_delivery_batch_size",
+    "Messages per delivery batch: started together, or settled together",
+    ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_WAIT = Histogram(
+    "herald_delivery_batch_wait_seconds",
+    "Time a received message waited for its delivery batch to start",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)

@@ -137,6 +137,28 @@ class BreakerBoard:
                     provider, lambda b: (None, after_window(b, calls, failures, now, self.config))
                 )
 
+    async def record_successes(self, latencies: dict[str, list[float]]) -> None:
+        """Count a batch of successful calls per provider in one pipeline. Successes of a
+        closed breaker change no state, so no transition is checked (the one-by-one
+        ``record`` handles half-open probes and failures)."""
+        second = int(self.clock())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for provider, samples in latencies.items():
+                key = names.breaker_window_key(provider, second)
+                pipe.hincrby(key, "calls", len(samples))
+                pipe.expire(key, self.config.window_s + 5)
+                pipe.lpush(names.latency_key(provider), *(round(ms, 3) for ms in samples))
+                pipe.ltrim(names.latency_key(provider), 0, LATENCY_SAMPLES - 1)
+            await pipe.execute()
+
+    def closed(self, provider: str) -> bool:
+        """Is the cached view of this breaker plainly closed (no override, no probe)?
+        Read after ``states`` or ``availability``, with no I/O."""
+        cached = self._cache.get(provider)
+        return (
+            cached is not None and cached.override is None and cached.state is BreakerState.CLOSED
+        )
+
     async def force(self, provider: str, override: Override | None) -> Breaker:
         """Drain (force open), force closed, or give control back to the numbers (None)."""
 

@@ -107,7 +107,8 @@ async def test_a_broker_cut_during_vendor_calls_cancels_none_and_sends_each_once
     assert set(statuses.values()) == {"sent"}
     assert all(h == ["sent"] for h in history.values()), history
     assert set(copies.values()) == {1}
-    assert "delivery_outlives_its_channel" in log.read_text(), "the cut came mid-delivery"
+    # The calls outlived their channel: their acks had nowhere to go.
+    assert '"event": "ack_failed"' in log.read_text(), "the cut came mid-delivery"
 
 
 async def test_sigterm_after_a_broker_cut_still_waits_for_the_calls_in_progress(

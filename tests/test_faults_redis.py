@@ -91,7 +91,9 @@ async def test_redis_losing_its_claims_mid_send_sends_no_second_copy(
     assert twice == [], (copies, attempts)
     assert set(copies.values()) == {1}, (copies, attempts)
     assert set(copies.values()) == {1}
-    assert Counter(tuple(a) for a in attempts.values()) == {("sent",): IN_FLIGHT}, attempts
+    # A first copy whose sandbox record hit the dead Redis raised in the call: its row is
+    # reconciled (``unknown``, the sandbox has no copy) and sent once, never twice.
+    assert set(Counter(tuple(a) for a in attempts.values())) <= {("sent",), ("unknown", "sent")}
 
 
 async def test_an_otp_whose_state_redis_lost_fails_as_otp_state_lost_not_expired(

@@ -1,7 +1,8 @@
-"""The consumer: one channel per queue (its own prefetch), acks applied in one place.
+"""The consumer: one channel and one delivery lane per queue, acks applied in one place.
 
-``high`` queues have their own channels and consumers, so OTPs never wait behind a
-marketing backlog. SIGTERM stops consuming, lets in-flight deliveries finish, exits 0.
+``high`` queues have their own channels, prefetch and lanes, so OTPs never wait behind a
+marketing backlog. Each lane batches what is already waiting (``workers/lanes.py``).
+SIGTERM stops consuming, lets the messages in hand finish, exits 0.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from functools import partial
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from herald import names
 from herald.domain import Priority
 from herald.logs import get_logger
 from herald.readiness import NotConsuming, ensure_consuming
 from workers.delivery import Delivery, Disposition
+from workers.lanes import Lane
 
 log = get_logger(__name__)
 #: How long a consumer cancel may wait at shutdown (a cut link never answers).
@@ -41,22 +42,25 @@ class Consumer:
         queues: Iterable[str],
         prefetch: int,
         high_prefetch: int,
+        batch_max: int = 64,
     ) -> None:
         self.connection = connection
         self.delivery = delivery
         self.queue_names = list(queues)
         self.prefetch = prefetch
         self.high_prefetch = high_prefetch
+        self.batch_max = batch_max
         self._consuming: list[tuple[AbstractQueue, str]] = []
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._lanes: dict[str, Lane] = {}
 
     async def start(self) -> None:
         for queue_name in self.queue_names:
             high = queue_name.endswith(f".{Priority.HIGH}")
             channel = await self.connection.channel()
             await channel.set_qos(prefetch_count=self.high_prefetch if high else self.prefetch)
+            lane = Lane(self.delivery, apply_disposition, batch_max=self.batch_max, urgent=high)
+            lane.start()
+            self._lanes[queue_name] = lane
             # A declared (passive) queue is registered on the robust channel, so its consumer
             # is restored after a reconnect; get_queue(ensure=False) is not (aio-pika 10).
             queue = await channel.declare_queue(queue_name, passive=True)
@@ -71,29 +75,8 @@ class Consumer:
         await ensure_consuming(self._consuming)
 
     async def _on_message(self, queue_name: str, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight.add(task)
-        self._idle.clear()
-        try:
-            try:
-                disposition = await self.delivery.handle(
-                    message.body,
-                    message.headers,
-                    message_id=message.message_id,
-                    queue=queue_name,
-                )
-            except Exception:
-                # Delivery.handle dead-letters crashes itself; reaching here means its own
-                # crash handling failed. Requeue: the queue's delivery limit still bounds it.
-                notification_id = (message.headers or {}).get(names.HEADER_NOTIFICATION_ID)
-                log.exception("delivery_crash_unhandled", notification_id=str(notification_id))
-                disposition = Disposition.REQUEUE
-            await apply_disposition(message, disposition)
-        finally:
-            self._in_flight.discard(task)
-            if not self._in_flight:
-                self._idle.set()
+        """Hand the message to its queue's lane; the lane acks it once it is handled."""
+        self._lanes[queue_name].put(message, queue_name)
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking messages, then wait (bounded) for the ones in hand."""
@@ -101,10 +84,16 @@ class Consumer:
         # (the robust queue forgets the consumer first, so it is not restored either way).
         await asyncio.gather(*(_cancel(queue, tag) for queue, tag in self._consuming))
         self._consuming.clear()
+        lanes = list(self._lanes.values())
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            await asyncio.wait_for(
+                asyncio.gather(*(lane.idle.wait() for lane in lanes)), timeout=grace_s
+            )
         except TimeoutError:
-            log.warning("shutdown_grace_exceeded", in_flight=len(self._in_flight))
+            log.warning("shutdown_grace_exceeded", in_flight=sum(lane.in_hand for lane in lanes))
+        for lane in lanes:
+            await lane.close()
+        self._lanes.clear()
 
 
 async def _cancel(queue: AbstractQueue, tag: str) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +35,7 @@ from herald.logs import get_logger
 from providers.base import Provider, Receipt
 from router.health import BreakerBoard
 from router.rules import RoutingRules
-from router.select import plan
+from router.select import Candidate, plan
 from workers.backoff import backoff_delay, retry_bucket_ms
 from workers.claims import ClaimResult, Claims, LeaseTokens, lease_seconds
 from workers.events import EventPublisher
@@ -83,6 +83,19 @@ class SendFailure:
 
 
 @dataclass(slots=True)
+class _Round:
+    """Where one delivery round stands: its lease token, the attempt it is on (``None``
+    until the first call), what was charged before it, whether every call so far was a
+    half-open probe, and the last transient failure."""
+
+    owner: str
+    attempt_no: int | None = None
+    charged_before: int = 0
+    only_probes: bool = True
+    failure: SendFailure | None = None
+
+
+@dataclass(slots=True)
 class DeliveryContext:
     settings: Settings
     store: DeliveryStore
@@ -119,7 +132,38 @@ class Delivery:
         finishes and records its outcome, the ack is lost with the channel, and the copy
         RabbitMQ redelivers finds the outcome recorded and is skipped.
         """
-        task = asyncio.create_task(self._handle(raw, headers, message_id=message_id, queue=queue))
+        return await self._shielded(self._handle(raw, headers, message_id=message_id, queue=queue))
+
+    async def resume(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        work: Callable[[], Awaitable[Disposition]],
+        *,
+        message_id: str | None = None,
+        queue: str | None = None,
+    ) -> Disposition:
+        """Finish, one by one, a delivery a batch began (its claim is held): ``work`` runs
+        with the same handling of outages and crashes as ``handle``, and is shielded
+        the same way."""
+        source = _source_headers(message_id, queue)
+
+        async def guarded() -> Disposition:
+            URGENT.set(message.priority is Priority.HIGH)
+            try:
+                try:
+                    return await work()
+                except BaseException:
+                    await self.release_quietly(message)
+                    raise
+            except Exception as exc:  # noqa: BLE001 - every crash is logged and dead-lettered
+                return await self._on_exception(message, raw, headers, source, exc)
+
+        return await self._shielded(guarded())
+
+    async def _shielded(self, work: Coroutine[Any, Any, Disposition]) -> Disposition:
+        task = asyncio.create_task(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         try:
@@ -129,6 +173,38 @@ class Delivery:
                 log.warning("delivery_outlives_its_channel", in_flight=len(self._running))
                 task.add_done_callback(_report_orphan)
             raise
+
+    async def after_first_call(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        *,
+        rules: RoutingRules,
+        remaining: Sequence[Candidate],
+        attempt_id: int,
+        attempt_no: int,
+        owner: str,
+        failure: SendFailure,
+        latency_ms: float,
+        now: datetime,
+    ) -> Disposition:
+        """A batch's first call failed: record it, then go on as the one-by-one round
+        would after that call (fail over to the next candidate, retry, dead-letter)."""
+        lease = self._lease(owner)
+        await self._record_failure(message, attempt_id, failure, latency_ms, lease)
+        if failure.permanent:
+            return await self._fail(message, raw, failure, attempt_no)
+        round_ = _Round(owner, attempt_no, attempt_no - 1, only_probes=False, failure=failure)
+        return await self._try_candidates(message, raw, headers, now, rules, remaining, round_)
+
+    async def sent_alone(
+        self, message: Envelope, attempt_id: int, receipt: Receipt, latency_ms: float, owner: str
+    ) -> Disposition:
+        """Record one send by itself (a batch's settle failed as a whole)."""
+        await self.ctx.breakers.record(receipt.provider, ok=True, latency_ms=latency_ms)
+        await self._record_sent(message, attempt_id, receipt, latency_ms, self._lease(owner))
+        return Disposition.ACK
 
     async def drain(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, for deliveries still running, those whose consumer
@@ -160,12 +236,23 @@ class Delivery:
         try:
             return await self._deliver(message, raw, headers)
         except Exception as exc:  # noqa: BLE001 - every crash is logged and dead-lettered
-            if is_infrastructure(exc):
-                log.warning("delivery_infra_error", notification_id=message.id, error=repr(exc))
-                return await self._defer(
-                    message, raw, headers, reason="infrastructure", error=repr(exc)
-                )
-            return await self._crashed(message, raw, headers, source, exc)
+            return await self._on_exception(message, raw, headers, source, exc)
+
+    async def _on_exception(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        source: dict[str, str],
+        exc: Exception,
+    ) -> Disposition:
+        """An outage of our services defers (bounded); anything else is our crash."""
+        if is_infrastructure(exc):
+            log.warning("delivery_infra_error", notification_id=message.id, error=repr(exc))
+            return await self._defer(
+                message, raw, headers, reason="infrastructure", error=repr(exc)
+            )
+        return await self._crashed(message, raw, headers, source, exc)
 
     async def _deliver(
         self, message: Envelope, raw: bytes, headers: Mapping[str, Any]
@@ -187,7 +274,7 @@ class Delivery:
         try:
             return await self._deliver_claimed(message, raw, now, headers)
         except BaseException:
-            await self._release_quietly(message)
+            await self.release_quietly(message)
             raise
 
     async def _deliver_claimed(
@@ -209,13 +296,26 @@ class Delivery:
         route = plan(rules, message, available)
         if not route.considered:
             return await self._no_route(message, raw, now, headers)
-        owner = self._tokens.next()
-        lease = self._lease(owner)
-        attempt_no: int | None = None
-        charged_before = 0  # the attempts charged before this round
-        only_probes = True  # every call of this round was a half-open probe
-        failure: SendFailure | None = None
-        for candidate in route.order:
+        return await self._try_candidates(
+            message, raw, headers, now, rules, route.order, _Round(self.new_owner())
+        )
+
+    async def _try_candidates(
+        self,
+        message: Envelope,
+        raw: bytes,
+        headers: Mapping[str, Any],
+        now: datetime,
+        rules: RoutingRules,
+        candidates: Sequence[Candidate],
+        round_: _Round,
+    ) -> Disposition:
+        """Each candidate in turn until one takes the message or fails it for good; then
+        retry, wait for health, or dead-letter. ``round_`` is where the round stands (a
+        batch hands over a message whose first call failed with it half done)."""
+        ctx = self.ctx
+        lease = self._lease(round_.owner)
+        for candidate in candidates:
             provider = ctx.providers.get(candidate.provider)
             if provider is None or not await ctx.breakers.acquire(candidate.provider):
                 continue
@@ -223,9 +323,9 @@ class Delivery:
             default_rate = getattr(provider, "default_max_per_s", None)
             if not await ctx.throttle.wait_turn(rules.providers[candidate.provider], default_rate):
                 continue  # at its max_per_s: try the next candidate rather than queue here
-            lease = self._lease(owner)  # each attempt renews it for one more call
+            lease = self._lease(round_.owner)  # each attempt renews it for one more call
             attempt_id: int | None
-            if attempt_no is None:
+            if round_.attempt_no is None:
                 begun = await ctx.store.begin(
                     message.id, message.generation, provider.name, utcnow(), lease, rules.version
                 )
@@ -240,18 +340,28 @@ class Delivery:
                 if isinstance(begun, Interrupted):
                     if await self._reconcile(message, begun, lease):
                         return Disposition.ACK
-                    attempt_no = charged_before = begun.pending.attempt_no
+                    round_.attempt_no = round_.charged_before = begun.pending.attempt_no
                     attempt_id = await ctx.store.start_attempt(
-                        message.id, message.generation, attempt_no, provider.name, utcnow(), lease
+                        message.id,
+                        message.generation,
+                        round_.attempt_no,
+                        provider.name,
+                        utcnow(),
+                        lease,
                     )
                 else:
-                    attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
-                    charged_before = attempt_no - 1
+                    round_.attempt_no, attempt_id = begun.attempt_no, begun.attempt_id
+                    round_.charged_before = begun.attempt_no - 1
                     if begun.timed_out and await self._found_after_timeout(message, begun, lease):
                         return Disposition.ACK
             else:  # failover within the same delivery: a new attempt row, same round
                 attempt_id = await ctx.store.start_attempt(
-                    message.id, message.generation, attempt_no, provider.name, utcnow(), lease
+                    message.id,
+                    message.generation,
+                    round_.attempt_no,
+                    provider.name,
+                    utcnow(),
+                    lease,
                 )
             if attempt_id is None:
                 return self._lease_lost(message)
@@ -259,16 +369,27 @@ class Delivery:
             if isinstance(outcome, Receipt):
                 return Disposition.ACK
             if outcome.permanent:
-                return await self._fail(message, raw, outcome, attempt_no)
-            failure = outcome
-            only_probes = only_probes and probe
+                return await self._fail(message, raw, outcome, round_.attempt_no)
+            round_.failure = outcome
+            round_.only_probes = round_.only_probes and probe
+        return await self._end_round(message, raw, now, round_, lease)
 
-        await ctx.claims.release(message.id, message.generation)
-        if attempt_no is None or failure is None:
+    async def _end_round(
+        self, message: Envelope, raw: bytes, now: datetime, round_: _Round, lease: Lease
+    ) -> Disposition:
+        """No candidate took it: wait for health, or (some call failed) retry later."""
+        await self.ctx.claims.release(message.id, message.generation)
+        if round_.attempt_no is None or round_.failure is None:
             return await self._wait_for_health(message, raw, now)
-        if only_probes:
-            return await self._probe_failed(message, raw, failure, charged_before, lease)
-        return await self._retry_or_exhaust(message, raw, failure, attempt_no, lease)
+        if round_.only_probes:
+            return await self._probe_failed(
+                message, raw, round_.failure, round_.charged_before, lease
+            )
+        return await self._retry_or_exhaust(message, raw, round_.failure, round_.attempt_no, lease)
+
+    def new_owner(self) -> str:
+        """A lease token no other delivery (or batch) of this worker shares."""
+        return self._tokens.next()
 
     def _lease(self, owner: str) -> Lease:
         return Lease(owner, utcnow() + timedelta(seconds=self.lease_s))
@@ -285,7 +406,19 @@ class Delivery:
     ) -> Receipt | SendFailure:
         """One provider call, recorded; the breaker learns the outcome (a timeout is a
         failure like any transient one)."""
-        ctx = self.ctx
+        outcome, latency = await self.send_once(message, provider)
+        if isinstance(outcome, Receipt):
+            await self.ctx.breakers.record(provider.name, ok=True, latency_ms=latency)
+            await self._record_sent(message, attempt_id, outcome, latency, lease)
+            return outcome
+        await self._record_failure(message, attempt_id, outcome, latency, lease)
+        return outcome
+
+    async def send_once(
+        self, message: Envelope, provider: Provider
+    ) -> tuple[Receipt | SendFailure, float]:
+        """The vendor call alone, its answer as a value (and its latency in ms): nothing
+        is recorded here."""
         labels = (message.channel.value, message.category.value, provider.name)
         started = time.perf_counter()
         try:
@@ -293,8 +426,8 @@ class Delivery:
                 provider.send(message), timeout=self.settings.provider_timeout_s
             )
         except PermanentProviderError as exc:
-            failure = SendFailure(provider.name, str(exc), exc.code, True, None)
             metrics.FAILED.labels(*labels).inc()
+            return SendFailure(provider.name, str(exc), exc.code, True, None), _ms_since(started)
         except (TransientProviderError, TimeoutError) as exc:
             transient = exc if isinstance(exc, TransientProviderError) else None
             failure = SendFailure(
@@ -304,17 +437,23 @@ class Delivery:
                 False,
                 transient.retry_after if transient else None,
             )
-        else:
-            latency = _ms_since(started)
-            metrics.PROVIDER_LATENCY.labels(provider.name).observe(latency / 1000)
-            await ctx.breakers.record(provider.name, ok=True, latency_ms=latency)
-            await self._record_sent(message, attempt_id, receipt, latency, lease)
-            metrics.SENT.labels(*labels).inc()
-            return receipt
+            return failure, _ms_since(started)
         latency = _ms_since(started)
+        metrics.PROVIDER_LATENCY.labels(provider.name).observe(latency / 1000)
+        metrics.SENT.labels(*labels).inc()
+        return receipt, latency
+
+    async def _record_failure(
+        self,
+        message: Envelope,
+        attempt_id: int,
+        failure: SendFailure,
+        latency: float,
+        lease: Lease,
+    ) -> None:
         # A final "no" is the vendor answering: it says nothing against its health.
-        await ctx.breakers.record(provider.name, ok=failure.permanent, latency_ms=latency)
-        await ctx.store.finish(
+        await self.ctx.breakers.record(failure.provider, ok=failure.permanent, latency_ms=latency)
+        await self.ctx.store.finish(
             notification_id=message.id,
             attempt_id=attempt_id,
             outcome=(
@@ -333,10 +472,9 @@ class Delivery:
         log.info(
             "send_failed" if failure.permanent else "send_transient",
             notification_id=message.id,
-            provider=provider.name,
+            provider=failure.provider,
             code=failure.code,
         )
-        return failure
 
     async def _earlier_channel_delivered(self, message: Envelope) -> bool:
         """An OTP fallback is needed only while no earlier channel delivered the code
@@ -834,7 +972,7 @@ class Delivery:
             headers=carried(headers, deferrals=deferrals),
         )
 
-    async def _release_quietly(self, message: Envelope) -> None:
+    async def release_quietly(self, message: Envelope) -> None:
         with contextlib.suppress(RedisError):  # the lease runs out by itself
             await self.ctx.claims.release(message.id, message.generation)
 

@@ -88,5 +88,6 @@ async def build_worker(resources: Resources, queues: Iterable[str]) -> Worker:
         queues=queues,
         prefetch=settings.worker_prefetch,
         high_prefetch=settings.worker_high_prefetch,
+        batch_max=settings.worker_batch_max,
     )
     return Worker(consumer, providers, rules)

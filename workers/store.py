@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import contextvars
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.domain import TERMINAL_STATUSES, AttemptOutcome, Status, utcnow
@@ -77,6 +77,40 @@ class Skip:
 class Interrupted:
     pending: PendingAttempt
     attempt_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStart:
+    """One message of a batch about to be sent to ``provider`` (its planned first choice)."""
+
+    notification_id: str
+    generation: int
+    provider: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The row is this batch's: attempt ``attempt_no`` is written ``sending``."""
+
+    attempt_id: int
+    attempt_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class SentRecord:
+    """A vendor accepted attempt ``attempt_id``: what the batch's settle writes."""
+
+    notification_id: str
+    attempt_id: int
+    vendor_message_id: str | None
+    latency_ms: float | None
+    finished_at: datetime
+
+
+#: Rows a batch may start in one statement: not sending, not final. A row left
+#: ``sending`` (its worker died) or whose last call timed out needs the one-by-one path,
+#: which asks the vendor before sending again.
+STARTABLE = (Status.ACCEPTED.value, Status.QUEUED.value, Status.RETRY_SCHEDULED.value)
 
 
 class StatusWrite(enum.Enum):
@@ -197,6 +231,112 @@ class DeliveryStore:
                 session, notification_id, generation, attempt_no, provider, now
             )
             return Begun(attempt_id, attempt_no, timed_out)
+
+    async def begin_many(
+        self,
+        starts: Sequence[BatchStart],
+        now: datetime,
+        lease: Lease,
+        rules_version: int | None = None,
+    ) -> dict[str, Started]:
+        """``begin`` for a whole batch in one transaction: one guarded ``UPDATE …
+        RETURNING`` per (provider, generation) group and one multi-row ``INSERT`` of the
+        attempts. Rows it does not return (missing, final, held, interrupted, timed out,
+        another generation) are left untouched for the one-by-one path to decide."""
+        groups: dict[tuple[str, int], list[str]] = {}
+        for start in starts:
+            groups.setdefault((start.provider, start.generation), []).append(start.notification_id)
+        values: dict[str, object] = {
+            "status": Status.SENDING.value,
+            "attempt_count": N.c.attempt_count + 1,
+            "updated_at": now,
+            "lease_owner": lease.owner,
+            "lease_until": lease.until,
+        }
+        if rules_version is not None:
+            values["rules_version"] = rules_version
+        won: dict[str, tuple[int, int, str]] = {}
+        async with self._turn(), self.engine.begin() as session:
+            for (provider, generation), ids in groups.items():
+                rows = await session.execute(
+                    update(N)
+                    .where(
+                        N.c.id.in_(ids),
+                        N.c.generation == generation,
+                        N.c.status.in_(STARTABLE),
+                        or_(N.c.last_error_code.is_(None), N.c.last_error_code != TIMEOUT_CODE),
+                        lease_free(now),
+                    )
+                    .values(**values, last_provider=provider)
+                    .returning(N.c.id, N.c.attempt_count)
+                )
+                for row in rows:
+                    won[row.id] = (generation, row.attempt_count, provider)
+            if not won:
+                return {}
+            inserted = await session.execute(
+                insert(A).returning(A.c.id, A.c.notification_id, sort_by_parameter_order=True),
+                [
+                    {
+                        "notification_id": nid,
+                        "generation": generation,
+                        "attempt_no": attempt_no,
+                        "provider": provider,
+                        "outcome": AttemptOutcome.SENDING.value,
+                        "started_at": now,
+                    }
+                    for nid, (generation, attempt_no, provider) in won.items()
+                ],
+            )
+            return {
+                row.notification_id: Started(row.id, won[row.notification_id][1])
+                for row in inserted
+            }
+
+    async def settle_sent(self, records: Sequence[SentRecord]) -> None:
+        """Record a batch of sends in one transaction (two ``executemany``). ``sent`` is
+        written whoever holds the lease now, as ``finish`` does: the vendor took it."""
+        if not records:
+            return
+        async with self._turn(), self.engine.begin() as session:
+            await session.execute(
+                update(A)
+                .where(A.c.id == bindparam("b_attempt"))
+                .values(
+                    outcome=AttemptOutcome.SENT.value,
+                    finished_at=bindparam("b_at"),
+                    latency_ms=bindparam("b_latency"),
+                    vendor_message_id=bindparam("b_vendor_id"),
+                ),
+                [
+                    {
+                        "b_attempt": r.attempt_id,
+                        "b_at": r.finished_at,
+                        "b_latency": r.latency_ms,
+                        "b_vendor_id": r.vendor_message_id,
+                    }
+                    for r in records
+                ],
+            )
+            await session.execute(
+                update(N)
+                .where(N.c.id == bindparam("b_id"))
+                .values(
+                    status=Status.SENT.value,
+                    updated_at=bindparam("b_at"),
+                    lease_owner=None,
+                    lease_until=None,
+                    vendor_message_id=bindparam("b_vendor_id"),
+                ),
+                [
+                    {
+                        "b_id": r.notification_id,
+                        "b_at": r.finished_at,
+                        "b_vendor_id": r.vendor_message_id,
+                    }
+                    for r in records
+                ],
+            )
 
     async def _pending(
         self, session: AsyncConnection, notification_id: str, generation: int
