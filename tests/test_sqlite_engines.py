@@ -34,7 +34,8 @@ def database_file(url: str) -> Path:
 @contextlib.contextmanager
 def write_lock_held(database: Path) -> Iterator[sqlite3.Connection]:
     """Another connection (as another process would) holding SQLite's write lock."""
-    holder = sqlite3.connect(database, isolation_level=None)
+    # It waits as long as it must for the lock: on a loaded box a commit's fsync may not.
+    holder = sqlite3.connect(database, isolation_level=None, timeout=60)
     holder.execute("BEGIN IMMEDIATE")
     try:
         yield holder
