@@ -96,6 +96,9 @@ class KeyStore:
         self._cache: dict[str, tuple[float, Principal]] = {}
         #: Digests of keys that worked lately → (until, key id): see ``known``.
         self._known: dict[str, tuple[float, str]] = {}
+        #: Lookups in flight by digest: when a cached key expires under load, the
+        #: requests holding it share one query instead of each making its own.
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
         self._listener: asyncio.Task[None] | None = None
 
     def cached(self, key: str) -> Principal | None:
@@ -116,6 +119,27 @@ class KeyStore:
         if principal is not None:
             return principal
         digest = hash_key(key)
+        in_flight = self._lookups.get(digest)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
+        lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[digest] = lookup
+        try:
+            principal = await self._look_up(digest)
+        except asyncio.CancelledError:
+            lookup.cancel()
+            raise
+        except Exception as exc:
+            lookup.set_exception(exc)
+            lookup.exception()  # retrieved: nobody may be waiting for it
+            raise
+        else:
+            lookup.set_result(principal)
+            return principal
+        finally:
+            del self._lookups[digest]
+
+    async def _look_up(self, digest: str) -> Principal | None:
         principal = await self._active(ApiKey.key_hash == digest)
         if principal is None:
             self._cache.pop(digest, None)

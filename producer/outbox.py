@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import cast
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import Settings
 from herald import metrics, names
@@ -38,6 +40,7 @@ class Outbox:
         flush_every_s: float = 0.05,
     ) -> None:
         self.sessions = sessions
+        self._engine = cast(AsyncEngine, sessions.kw["bind"])
         self.publisher = publisher
         self.settings = settings
         self.max_background = max_background
@@ -82,9 +85,9 @@ class Outbox:
         ids = [entry_id for entry_id, _ in batch]
         notification_ids = [nid for _, nid in batch]
         try:
-            async with self.sessions.begin() as session:
-                await session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids)))
-                await session.execute(
+            async with self._engine.begin() as conn:  # Core: no ORM session per flush
+                await conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids)))
+                await conn.execute(
                     update(N)
                     .where(N.c.id.in_(notification_ids), N.c.status == Status.ACCEPTED.value)
                     .values(status=Status.QUEUED.value, updated_at=utcnow())

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import event
 
 from config.settings import Settings
 from herald.domain import Category, Channel, Envelope, EnvelopeError, Priority, utcnow
-from producer.auth import Principal
+from herald.storage.db import make_engine, make_session_factory
+from producer.auth import KeyStore, Principal
 from producer.ratelimits import send_checks
 from producer.validation import Limits, SendRequest, validate_send
 from ratelimit import Decision, Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -212,3 +215,28 @@ def test_a_region_that_is_not_one_is_refused() -> None:
     bad["country"] = "IN; DROP"
     with pytest.raises(EnvelopeError, match="country"):
         Envelope.from_dict(bad)
+
+
+# -- auth ------------------------------------------------------------------------------
+
+
+async def test_concurrent_requests_with_an_uncached_key_share_one_lookup(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    lookups = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal lookups
+        lookups += "FROM api_keys" in statement
+
+    try:
+        store = KeyStore(make_session_factory(engine), cache_s=60)
+        key = await store.create("billing", ["send"])
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        principals = await asyncio.gather(*(store.authenticate(key) for _ in range(20)))
+        assert {p.name for p in principals if p is not None} == {"billing"}
+        assert None not in principals
+        assert lookups == 1
+        assert await store.authenticate("hk_not-a-key") is None
+        assert lookups == 2
+    finally:
+        await engine.dispose()
