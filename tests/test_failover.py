@@ -16,7 +16,14 @@ import yaml
 from tests.support.stack import Stack, WorkerProcess, running_stack
 from tests.test_routing_api import two_sms_providers
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.fault,
+    # PostgreSQL only: the breaker and the max_per_s slots these tests prove are shared
+    # through Redis, whatever the database; the deployment with two worker processes runs
+    # on PostgreSQL. Two worker processes on SQLite: tests/test_processes.py.
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+]
 
 SMS = {"channel": "sms", "to": "+447400123456", "category": "transactional", "body": "hi"}
 

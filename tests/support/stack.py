@@ -124,6 +124,16 @@ async def queue_depths(settings: Settings) -> dict[str, int]:
         return depths
 
 
+async def consumer_count(amqp_url: str, queue_name: str) -> int:
+    """How many consumers the broker counts on ``queue_name`` (a passive declare: one AMQP
+    round trip, where ``rabbitmqctl list_consumers`` starts an Erlang VM for ~1-3 s)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return queue.declaration_result.consumer_count or 0
+
+
 class HeraldProcess:
     """A ``herald`` command in a child process, so a test can SIGKILL or SIGTERM it."""
 
