@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,22 +76,35 @@ async def _truncate(url: str) -> None:
     await engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite database migrated to head per session; each test gets a byte copy
+    (about 1 ms) instead of running every migration again (0.2-0.4 s per test)."""
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    in_thread(upgrade, f"sqlite+aiosqlite:///{directory}/herald.db")
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == ["herald.db"], f"the migrated database left {files}: copy them too"
+    return directory / "herald.db"
+
+
+def fresh_sqlite_url(template: Path, directory: Path) -> str:
+    """A migrated database of this test's own at ``directory/herald.db``."""
+    shutil.copyfile(template, directory / "herald.db")
+    return f"sqlite+aiosqlite:///{directory}/herald.db"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/herald.db"
-        in_thread(upgrade, url)
-        return url
+        return fresh_sqlite_url(request.getfixturevalue("sqlite_template"), tmp_path)
     url: str = request.getfixturevalue("postgres_schema")
     in_thread(asyncio.run, _truncate(url))
     return url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path}/herald.db"
-    in_thread(upgrade, url)
-    return url
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    return fresh_sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture
