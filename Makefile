@@ -19,8 +19,12 @@ run: $(STAMP)  ## herald dev: API on :8000, workers, relay, DLQ ingester (SQLite
 	@echo "Herald dev: http://127.0.0.1:8000/docs   API key: $$HERALD_BOOTSTRAP_API_KEY"
 	$(BIN)/herald dev
 
+# Two pytest-xdist workers, one file at a time each (tests/__init__.py gives each worker
+# its own vhost, Redis db and PostgreSQL database), files with a minute-long test first
+# (tests/conftest.py). PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)  ## the whole suite against the local RabbitMQ, Redis and PostgreSQL
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

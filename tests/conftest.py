@@ -30,6 +30,15 @@ TEST_PG_DATABASE = os.environ.get("HERALD_TEST_PG_DATABASE", "herald_test")
 TEST_PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{TEST_PG_DATABASE}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a ``long`` test first, the rest in their usual order. Under
+    ``--dist loadfile --no-loadscope-reorder`` (``make test``) a worker then starts on a
+    minute-long test while the other takes the short files, instead of one worker waiting
+    out the longest test alone at the end."""
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in long_files)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def rabbitmq_test_vhost() -> None:
     """Tests use their own vhost, so a running `herald dev` is never disturbed."""

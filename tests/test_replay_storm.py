@@ -44,7 +44,8 @@ from tests.support.stack import (
     stack_settings,
 )
 
-pytestmark = pytest.mark.integration
+# 5,000 at 75/s is at least 67 s: the suite starts it first (conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 COUNT = 5000
 #: The job's rate cap. Replaying one dead letter costs the job about 10 ms of the API
