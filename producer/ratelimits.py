@@ -7,6 +7,7 @@ that cannot be decided (Redis down) is a ``503``. Nothing is queued by a refusal
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
@@ -26,7 +27,13 @@ log = get_logger(__name__)
 
 
 def limit_of(policy: LimitPolicy) -> Limit:
-    return Limit(rate=policy.rate, period_s=policy.period_s, burst=policy.burst)
+    return _limit(policy.rate, policy.period_s, policy.burst)
+
+
+@functools.lru_cache(maxsize=256)
+def _limit(rate: int, period_s: float, burst: int | None) -> Limit:
+    """Limits are immutable values, built (and checked) once, not on every request."""
+    return Limit(rate=rate, period_s=period_s, burst=burst)
 
 
 def send_checks(
@@ -96,13 +103,13 @@ def otp_checks(
         Check(
             "otp_resend_cooldown",
             f"otp-cooldown:{recipient}",
-            Limit(rate=1, period_s=max(settings.otp_resend_cooldown_s, 1), burst=1),
+            _limit(1, max(settings.otp_resend_cooldown_s, 1), 1),
             fail_closed=True,
         ),
         Check(
             "otp_sends",
             f"otp-sends:{recipient}",
-            Limit(rate=settings.otp_max_sends, period_s=settings.otp_send_window_s),
+            _limit(settings.otp_max_sends, settings.otp_send_window_s, None),
             fail_closed=True,
         ),
     ]
