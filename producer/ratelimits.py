@@ -174,15 +174,28 @@ def _headers(verdict: Verdict) -> dict[str, str]:
     return rate_limit_headers(verdict.decision, verdict.limit)
 
 
+#: KEYS[1]: the key's spend today. ARGV: the cost, the cap, the key's TTL in seconds.
+#: Adds the cost unless that passes the cap; returns 1 if charged, 0 if refused.
+_CHARGE = """
+local total = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if total <= tonumber(ARGV[2]) then return 1 end
+redis.call('INCRBYFLOAT', KEYS[1], -tonumber(ARGV[1]))
+return 0
+"""
+
+
 class SpendGuard:
     """A daily spend cap per API key, counted from the routing costs of what was accepted.
 
-    It fails open (Redis down: no cap for the moment, logged), like the general limits.
+    One script call per charge (add, expire, and take it back if over the cap). It fails
+    open (Redis down: no cap for the moment, logged), like the general limits.
     """
 
     def __init__(self, redis: Redis, cap: float | None) -> None:
         self.redis = redis
         self.cap = cap
+        self._charge = redis.register_script(_CHARGE)
 
     async def charge(self, principal: Principal, cost: float) -> None:
         if self.cap is None or cost <= 0:
@@ -190,13 +203,11 @@ class SpendGuard:
         now = datetime.now(UTC)
         key = names.spend_key(principal.id, now.strftime("%Y%m%d"))
         try:
-            total = float(await self.redis.incrbyfloat(key, cost))
-            await self.redis.expire(key, 2 * 86400)
-            if total <= self.cap:
-                return
-            await self.redis.incrbyfloat(key, -cost)
+            charged = await self._charge(keys=[key], args=[repr(cost), repr(self.cap), 2 * 86400])
         except RedisError as exc:
             log.warning("spend_cap_unchecked", error=repr(exc))
+            return
+        if charged:
             return
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         raise Problem(
