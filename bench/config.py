@@ -6,6 +6,7 @@ can record exactly what was measured.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 RESULTS_DIR = ROOT / "bench" / "results"
 
-VHOST = "herald_bench"
+#: Where the bench runs: ``BENCH_VHOST`` / ``BENCH_REDIS_DB`` move a run elsewhere, so two
+#: runs on one box (e.g. before and after a change) never purge each other's queues or
+#: flush each other's Redis; the run holds a lock on the pair (``run.py``).
+VHOST = os.environ.get("BENCH_VHOST", "herald_bench")
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "14"))
 AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 API_KEY = "bench-admin-key"
 #: ``--db postgresql`` without ``--database-url``: the bench's own database (created if
 #: missing), never one the test suite uses.

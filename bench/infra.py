@@ -63,6 +63,22 @@ async def ensure_postgres_database(url: str) -> None:
         await admin.dispose()
 
 
+def vhost_connections() -> int | None:
+    """AMQP connections open on the bench's vhost (None if rabbitmqctl cannot say)."""
+    try:
+        found = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "vhost"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if found.returncode != 0:
+        return None
+    return sum(1 for line in found.stdout.splitlines() if line.strip() == VHOST)
+
+
 def bench_settings() -> Settings:
     """Herald's defaults with the bench addresses: the topology the processes declare."""
     return Settings(database_url="sqlite://", amqp_url=AMQP_URL, redis_url=REDIS_URL)

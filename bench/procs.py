@@ -226,7 +226,7 @@ def free_ports(count: int, attempts: int = 50) -> int:
                 for offset in range(1, count):
                     s = stack.enter_context(socket.socket())
                     s.bind(("127.0.0.1", first + offset))
-            except OSError:
+            except (OSError, OverflowError):  # taken, or past port 65535
                 continue
         return first
     raise RuntimeError(f"no {count} consecutive free ports")

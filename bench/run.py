@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import os
 import platform
 import shutil
@@ -21,20 +22,22 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bench.config import (
     DEFAULT_LOG_LEVEL,
     FULL,
     POSTGRES_URL,
     QUICK,
+    REDIS_DB,
     RESULTS_DIR,
     ROOT,
+    VHOST,
     BenchConfig,
     Sizes,
 )
 from bench.context import Context
-from bench.infra import Infra, ensure_postgres_database
+from bench.infra import Infra, ensure_postgres_database, vhost_connections
 from bench.procs import kill_all
 from bench.report import Row, table, write_json
 from bench.scenarios import api, chain, drain, lowload, priority, processes, soak, sweep
@@ -152,6 +155,43 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     return dataclasses.replace(sizes, **overrides)
 
 
+def _lock_or_exit() -> TextIO:
+    """One run per vhost and Redis db: a second one would purge the first one's queues
+    and flush its Redis mid-scenario (seen: a drain of 0 messages, a worker fed another
+    run's notifications). Held until this process exits."""
+    path = Path(tempfile.gettempdir()) / f"herald-bench-{VHOST}-{REDIS_DB}.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        sys.exit(
+            f"another bench run uses vhost {VHOST} / Redis db {REDIS_DB} "
+            f"(pid {handle.read().strip() or '?'}); set BENCH_VHOST and BENCH_REDIS_DB "
+            "to run beside it"
+        )
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+async def _others_on_vhost(ctx: Context, when: str, ours: int) -> int | None:
+    """Connections on the vhost beyond the bench's own ``ours``: something else (another
+    run of an older bench, a stray worker) consuming or purging what is measured."""
+    found = await asyncio.to_thread(vhost_connections)
+    if found is not None and found > ours:
+        await asyncio.sleep(1.0)  # a child that just exited may still be closing
+        found = await asyncio.to_thread(vhost_connections)
+    extra = None if found is None else max(0, found - ours)
+    if extra:
+        ctx.log(
+            f"WARNING {when}: {extra} other connection(s) on vhost {VHOST}: another process "
+            "uses it, figures and even correctness of this run are suspect"
+        )
+    return extra
+
+
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
@@ -179,11 +219,15 @@ async def main(args: argparse.Namespace) -> int:
     failures: dict[str, str] = {}
     infra = await Infra.open()
     ctx = Context(cfg, infra)
-    ctx.log(f"work dir {workdir}; scenarios: {', '.join(selected)}")
+    ctx.log(
+        f"work dir {workdir}; vhost {VHOST}, Redis db {REDIS_DB}; scenarios: {', '.join(selected)}"
+    )
+    others: dict[str, int | None] = {}
     try:
         for name in selected:
             began = time.monotonic()
             load[name] = os.getloadavg()[0]
+            others[name] = await _others_on_vhost(ctx, f"before {name}", ours=1)
             try:
                 rows.extend(await SCENARIOS[name](ctx))
             except Exception as exc:  # noqa: BLE001 - report it, run the other scenarios
@@ -200,7 +244,13 @@ async def main(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    meta = {**_meta(args, cfg, started, load), "scenario_seconds": seconds}
+    meta = {
+        **_meta(args, cfg, started, load),
+        "scenario_seconds": seconds,
+        "vhost": VHOST,
+        "redis_db": REDIS_DB,
+        "other_vhost_connections": others,
+    }
     details = {**ctx.details, "failures": failures}
     write_json(args.out, meta, rows, details)
     print()
@@ -214,6 +264,11 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"NOTE: load average {load['before_run']:.2f} on {cores} CPUs before the run: "
             "other work was running, figures are noisy",
+            file=sys.stderr,
+        )
+    if any(others.values()):
+        print(
+            f"WARNING: other connections on vhost {VHOST} during the run: {others}",
             file=sys.stderr,
         )
     for name, error in failures.items():
@@ -233,10 +288,12 @@ def run() -> None:
         del os.environ[key]
     signal.signal(signal.SIGTERM, _exit_on_signal)
     args = parse_args()
+    lock = _lock_or_exit()
     try:
         code = asyncio.run(main(args))
     finally:
         kill_all()
+        lock.close()
     sys.exit(code)
 
 
