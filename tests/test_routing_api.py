@@ -197,17 +197,19 @@ async def expect_provider(stack: Stack, provider: str, *, version: int) -> None:
 
 
 async def test_simulate_agrees_with_what_the_workers_then_do(database_url: str) -> None:
-    async with running_stack(stack_settings(database_url), workers=1) as stack:
+    # Workers trust their copy of the breaker states for breaker_cache_s.
+    values = stack_settings(database_url, breaker_cache_s=0.2)
+    async with running_stack(values, workers=1) as stack:
         _, etag = await current(stack)
         await stack.client.put(
             "/v1/routing/rules", json=two_sms_providers(), headers={"If-Match": etag}
         )
-        await asyncio.sleep(1.1)  # every worker has new rules within a second (else its poll)
+        await stack.workers_on_rules(2)
         message = {"channel": "sms", "to": SMS_TO, "category": "transactional"}
         for drained in (None, "sandbox-sms-cheap"):
             if drained:
                 await stack.client.put(f"/v1/providers/{drained}/breaker", json={"state": "open"})
-                await asyncio.sleep(1.1)  # workers trust their breaker cache for about a second
+                await asyncio.sleep(0.3)  # past the workers' breaker cache
             predicted = (await stack.client.post("/v1/routing/simulate", json=message)).json()
             chosen = next(c["provider"] for c in predicted["candidates"] if c["healthy"])
             nid = (await stack.send(**message, body="x")).json()["id"]
