@@ -26,16 +26,20 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.settings import Settings
 from herald import names
+from herald.batching import Batcher
 from herald.domain import Category, Channel, Envelope, utcnow
 from herald.errors import PermanentProviderError, TransientProviderError
 from herald.logs import get_logger
@@ -56,6 +60,8 @@ OTP_TEXT_DEFAULT_S = 600
 SCAN_BUDGET = 10_000
 PAGE = 500
 MASKED = "[redacted]"
+#: A record not written within this long fails its send (as a slow vendor would).
+RECORD_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,12 @@ class SandboxStore:
         self._clock = clock
         self._cached: dict[str, bytes | str] = {}
         self._cached_until = float("-inf")
+        self._records: Batcher[tuple[dict[str, Any], int | None], None] = Batcher(
+            self._write_records,
+            wait_s=RECORD_WAIT_S,
+            shared_failure=lambda exc: isinstance(exc, RedisError),
+            timeout_error=lambda s: RedisTimeoutError(f"sandbox record waited over {s} s"),
+        )
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> SandboxStore:
@@ -154,9 +166,23 @@ class SandboxStore:
     # -- records ---------------------------------------------------------------------------
 
     async def record(self, entry: dict[str, Any], *, otp_text_ttl: int | None = None) -> None:
-        """Keep one record findable four ways, in one round trip. ``otp_text_ttl`` set:
-        the body and subject go under a key of their own that expires then."""
-        entry = dict(entry)
+        """Keep one record findable four ways. Records of concurrent sends (a delivery
+        batch) share one pipeline. ``otp_text_ttl`` set: the body and subject go under a
+        key of their own that expires then."""
+        await self._records.submit((entry, otp_text_ttl))
+
+    async def _write_records(
+        self, records: Sequence[tuple[dict[str, Any], int | None]]
+    ) -> list[None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry, otp_text_ttl in records:
+                self._queue_record(pipe, dict(entry), otp_text_ttl)
+            await pipe.execute()
+        return [None] * len(records)
+
+    def _queue_record(
+        self, pipe: Pipeline, entry: dict[str, Any], otp_text_ttl: int | None
+    ) -> None:
         text_ref: str | None = None
         if otp_text_ttl is not None:
             text_ref = uuid.uuid4().hex
@@ -171,19 +197,17 @@ class SandboxStore:
             (names.sandbox_by_recipient_key(handle(entry["to"])), PER_RECIPIENT_KEEP),
             (names.sandbox_by_caller_key(handle(entry.get("caller") or "")), PER_CALLER_KEEP),
         ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if text_ref is not None:
-                pipe.set(names.sandbox_otp_text_key(text_ref), orjson.dumps(text), ex=otp_text_ttl)
-            pipe.lpush(names.sandbox_messages_key(), blob)
-            pipe.ltrim(names.sandbox_messages_key(), 0, self.keep - 1)
-            per_message = names.sandbox_by_notification_key(entry["notification_id"])
-            pipe.rpush(per_message, blob)
-            pipe.expire(per_message, INDEX_TTL_S)
-            for key, cap in lists:
-                pipe.lpush(key, blob)
-                pipe.ltrim(key, 0, min(cap, self.keep) - 1)
-                pipe.expire(key, INDEX_TTL_S)
-            await pipe.execute()
+        if text_ref is not None:
+            pipe.set(names.sandbox_otp_text_key(text_ref), orjson.dumps(text), ex=otp_text_ttl)
+        pipe.lpush(names.sandbox_messages_key(), blob)
+        pipe.ltrim(names.sandbox_messages_key(), 0, self.keep - 1)
+        per_message = names.sandbox_by_notification_key(entry["notification_id"])
+        pipe.rpush(per_message, blob)
+        pipe.expire(per_message, INDEX_TTL_S)
+        for key, cap in lists:
+            pipe.lpush(key, blob)
+            pipe.ltrim(key, 0, min(cap, self.keep) - 1)
+            pipe.expire(key, INDEX_TTL_S)
 
     async def sent_for(self, notification_id: str) -> list[dict[str, Any]]:
         """Every record of one notification, oldest first (the provider's lookup)."""

@@ -34,6 +34,7 @@ from tests.support.stack import (
     running_stack,
     stack_settings,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 PHONE = "+447400123456"
@@ -502,7 +503,16 @@ async def test_with_the_sandbox_off_its_api_is_gone_and_its_sends_fail_visibly(
         ).json()["id"]
         done = await stack.wait_status(nid, "failed")
         assert done["last_error_code"] == "sandbox_disabled"
-        [dead] = (await stack.client.get("/v1/dlq")).json()["items"]
+
+        async def dead_letters() -> list[dict[str, Any]]:
+            return list((await stack.client.get("/v1/dlq")).json()["items"])
+
+        async def stored() -> bool:
+            return bool(await dead_letters())
+
+        # The ingester stores the dead letter just after the status is written.
+        await wait_until(stored, 10, "the dead letter")
+        [dead] = await dead_letters()
         assert dead["notification_id"] == nid and dead["reason"] == "permanent_error"
         assert await stack.redis.exists(names.sandbox_messages_key()) == 0, "nothing recorded"
 
