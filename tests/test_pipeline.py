@@ -145,6 +145,7 @@ async def test_outcome_events_are_published_for_subscribers(stack: Stack) -> Non
         assert message is not None
         event = orjson.loads(message.body)
         assert message.routing_key == "sent.sms"
+        assert message.content_type == "application/json"
         assert (
             event["event"] == "sent" and event["id"] == nid and event["provider"] == "sandbox-sms"
         )
