@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,16 @@ from producer.auth import KeyStore
 from tests.support.stack import ADMIN_KEY, Stack, as_env
 
 HERALD = str(Path(sys.executable).with_name("herald"))
+
+#: For the commands that talk to a running Herald over HTTP: what they prove is the
+#: command line (arguments, output, exit codes), the same whatever database the server
+#: has behind it, so they run against one (SQLite, as under ``herald dev``); the API and
+#: the storage under it are tested on both databases in their own files.
+_ONE_DATABASE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def over_http(test: Any) -> Any:
+    return pytest.mark.integration(_ONE_DATABASE(test))
 
 
 async def herald(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -70,7 +81,7 @@ async def test_routing_validate_names_the_bad_path(tmp_path: Path) -> None:
     assert code == 1 and "rules[0].tiers[0][1]" in err and "unknown provider 'b'" in err
 
 
-@pytest.mark.integration
+@over_http
 async def test_send_and_sandbox_commands_talk_to_a_running_herald(stack: Stack) -> None:
     env = as_env({"api_key": ADMIN_KEY})
     common = ["--url", stack.url]
@@ -103,7 +114,7 @@ async def test_send_and_sandbox_commands_talk_to_a_running_herald(stack: Stack) 
     assert code == 0 and json.loads(out)["mode"] == "permanent"
 
 
-@pytest.mark.integration
+@over_http
 async def test_routing_and_providers_commands(stack: Stack, tmp_path: Path) -> None:
     import yaml
 
@@ -154,7 +165,7 @@ async def test_routing_and_providers_commands(stack: Stack, tmp_path: Path) -> N
     assert code == 1 and "422" in err
 
 
-@pytest.mark.integration
+@over_http
 async def test_otp_commands(stack: Stack) -> None:
     import re
 
@@ -173,7 +184,7 @@ async def test_otp_commands(stack: Stack) -> None:
     assert code == 0 and json.loads(out) == {"valid": True, "attempts_left": 4}
 
 
-@pytest.mark.integration
+@over_http
 async def test_dlq_commands(stack: Stack) -> None:
     env = as_env({"api_key": ADMIN_KEY})
     common = ["--url", stack.url]
@@ -201,7 +212,7 @@ async def test_dlq_commands(stack: Stack) -> None:
     assert code == 1 and "409" in err
 
 
-@pytest.mark.integration
+@over_http
 async def test_dlq_replay_all_with_progress(stack: Stack) -> None:
     from tests.test_dlq_replay import fail_many
 
