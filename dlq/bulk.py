@@ -65,6 +65,10 @@ def progress(row: Any) -> dict[str, Any]:
     }
 
 
+#: How long a stop waits for the replay or save in progress before cancelling it.
+STOP_GRACE_S = 5.0
+
+
 class BulkReplayer:
     def __init__(self, sessions: SessionFactory, dead_letters: DeadLetters, *, owner: str) -> None:
         self.sessions = sessions
@@ -72,6 +76,7 @@ class BulkReplayer:
         self.owner = owner
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def create(
         self,
@@ -128,14 +133,23 @@ class BulkReplayer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop between two items, the counts saved once: a cancel landing inside a
+        replay or a save (after its commit) would lose a count or add it twice. Only a
+        step that outlives ``grace_s`` is cancelled."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_s)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 job = await self._claim()
                 if job is not None:
@@ -179,7 +193,7 @@ class BulkReplayer:
         filters = filter_of(job.filters)
         progress = _Unsaved((job.cursor_at, job.cursor_id) if job.cursor_at else None)
         try:
-            while True:
+            while not self._stopping.is_set():
                 batch = await oldest_after(self.sessions, filters, progress.cursor, 50)
                 if not batch:
                     await self._save(job.id, state="done", progress=progress)
@@ -198,6 +212,8 @@ class BulkReplayer:
         clock = asyncio.get_running_loop().time
         interval = 1 / job.max_per_s
         for dead in batch:
+            if self._stopping.is_set():
+                return
             started = clock()
             outcome = "refused"
             try:
@@ -216,7 +232,8 @@ class BulkReplayer:
                 await self._save(job.id, progress=progress)
             spent = clock() - started
             if spent < interval:
-                await asyncio.sleep(interval - spent)
+                with contextlib.suppress(TimeoutError):  # a stop ends the wait at once
+                    await asyncio.wait_for(self._stopping.wait(), timeout=interval - spent)
 
     async def _save(self, job_id: str, *, progress: _Unsaved, state: str | None = None) -> None:
         """Add the unsaved counts and move the cursor (then the counts start again)."""
