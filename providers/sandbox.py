@@ -174,16 +174,38 @@ class SandboxStore:
     async def _write_records(
         self, records: Sequence[tuple[dict[str, Any], int | None]]
     ) -> list[None]:
+        """One pipeline for the batch; a list shared by several records (everything, a
+        recipient's, a caller's) gets one push of all of them, one trim, one expiry."""
+        pushes: dict[str, list[bytes]] = {}
+        caps: dict[str, int] = {names.sandbox_messages_key(): self.keep}
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry, otp_text_ttl in records:
-                self._queue_record(pipe, dict(entry), otp_text_ttl)
+                blob = self._record_blob(pipe, dict(entry), otp_text_ttl)
+                per_message = names.sandbox_by_notification_key(entry["notification_id"])
+                pipe.rpush(per_message, blob)
+                pipe.expire(per_message, INDEX_TTL_S)
+                pushes.setdefault(names.sandbox_messages_key(), []).append(blob)
+                for key, cap in (
+                    (names.sandbox_by_recipient_key(handle(entry["to"])), PER_RECIPIENT_KEEP),
+                    (
+                        names.sandbox_by_caller_key(handle(entry.get("caller") or "")),
+                        PER_CALLER_KEEP,
+                    ),
+                ):
+                    pushes.setdefault(key, []).append(blob)
+                    caps[key] = min(cap, self.keep)
+            for key, blobs in pushes.items():
+                pipe.lpush(key, *blobs)  # the newest ends up first, as one push at a time
+                pipe.ltrim(key, 0, caps[key] - 1)
+                if key != names.sandbox_messages_key():
+                    pipe.expire(key, INDEX_TTL_S)
             await pipe.execute()
         return [None] * len(records)
 
-    def _queue_record(
+    def _record_blob(
         self, pipe: Pipeline, entry: dict[str, Any], otp_text_ttl: int | None
-    ) -> None:
-        text_ref: str | None = None
+    ) -> bytes:
+        """The stored record; an OTP's text goes under its own key, expiring with it."""
         if otp_text_ttl is not None:
             text_ref = uuid.uuid4().hex
             text = {"body": entry.get("body"), "subject": entry.get("subject")}
@@ -192,22 +214,8 @@ class SandboxStore:
                 subject=MASKED if text["subject"] else None,
                 otp_text=text_ref,
             )
-        blob = orjson.dumps(entry)
-        lists = [
-            (names.sandbox_by_recipient_key(handle(entry["to"])), PER_RECIPIENT_KEEP),
-            (names.sandbox_by_caller_key(handle(entry.get("caller") or "")), PER_CALLER_KEEP),
-        ]
-        if text_ref is not None:
             pipe.set(names.sandbox_otp_text_key(text_ref), orjson.dumps(text), ex=otp_text_ttl)
-        pipe.lpush(names.sandbox_messages_key(), blob)
-        pipe.ltrim(names.sandbox_messages_key(), 0, self.keep - 1)
-        per_message = names.sandbox_by_notification_key(entry["notification_id"])
-        pipe.rpush(per_message, blob)
-        pipe.expire(per_message, INDEX_TTL_S)
-        for key, cap in lists:
-            pipe.lpush(key, blob)
-            pipe.ltrim(key, 0, min(cap, self.keep) - 1)
-            pipe.expire(key, INDEX_TTL_S)
+        return orjson.dumps(entry)
 
     async def sent_for(self, notification_id: str) -> list[dict[str, Any]]:
         """Every record of one notification, oldest first (the provider's lookup)."""
