@@ -9,7 +9,7 @@ import contextlib
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,9 @@ SMS = {"channel": "sms", "to": "+447911123456", "category": "transactional", "bo
 
 HOLD_LOCK = """
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
+# Waits up to 30 s for a writer of the API to commit (the default 5 s ran out on a
+# shared box: the holder exited and the test read no "locked").
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
 db.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
 sys.stdin.read()  # until the test closes our stdin
@@ -33,14 +35,18 @@ db.execute("ROLLBACK")
 """
 
 
-@contextlib.contextmanager
-def write_lock_held(database: Path) -> Iterator[subprocess.Popen[str]]:
-    holder = subprocess.Popen(
+def _start_holder(database: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(database)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def write_lock_held(database: Path) -> Iterator[subprocess.Popen[str]]:
+    holder = _start_holder(database)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         yield holder
@@ -50,13 +56,28 @@ def write_lock_held(database: Path) -> Iterator[subprocess.Popen[str]]:
         holder.wait(10)
 
 
+@contextlib.asynccontextmanager
+async def write_lock_held_off_the_loop(database: Path) -> AsyncIterator[subprocess.Popen[str]]:
+    """``write_lock_held`` for a test whose API runs in its own event loop: waiting for
+    "locked" on the loop would stop the API from committing the write the holder waits for."""
+    holder = _start_holder(database)
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "locked"
+        yield holder
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        await asyncio.to_thread(holder.wait, 10)
+
+
 async def test_a_held_sqlite_write_lock_gets_503_not_a_queue(tmp_path: Path) -> None:
     database = tmp_path / "herald.db"
     url = f"sqlite+aiosqlite:///{database}"
     in_thread(upgrade, url)
     async with running_stack(stack_settings(url, database_wait_s=1), workers=0) as api:
         assert (await api.send(**SMS)).status_code == 202
-        with write_lock_held(database) as holder:
+        async with write_lock_held_off_the_loop(database) as holder:
             refused = await asyncio.gather(*(api.send(**SMS) for _ in range(20)))
             assert holder.poll() is None, "answered while the lock was still held"
             ready = await api.client.get("/readyz")

@@ -66,7 +66,10 @@ async def test_redis_losing_its_claims_mid_send_sends_no_second_copy(
     copies wait on the lease, then find the message sent and are dropped."""
     values = settings_for(redis_url=private_redis.url, worker_prefetch=100, provider_timeout_s=10)
     async with running_stack(values) as stack:
-        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=3000)
+        # Long enough that the last of the 21 is still in its call after the first has
+        # started, the copies are published and Redis is emptied (3 s was too short
+        # with the suite sharing two cores: one send ended first). Below the 10 s timeout.
+        await stack.set_sandbox("sandbox-sms", "ok", latency_ms=6000)
         responses = await asyncio.gather(*(stack.send(**SMS) for _ in range(IN_FLIGHT)))
         assert {r.status_code for r in responses} == {202}
         ids = [r.json()["id"] for r in responses]
