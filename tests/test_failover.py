@@ -19,6 +19,8 @@ from tests.test_routing_api import two_sms_providers
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.fault,
+    # Rates and breaker timings: alone on the box, after the parallel part (Makefile).
+    pytest.mark.serial,
     # PostgreSQL only: the breaker and the max_per_s slots these tests prove are shared
     # through Redis, whatever the database; the deployment with two worker processes runs
     # on PostgreSQL. Two worker processes on SQLite: tests/test_processes.py.

@@ -214,6 +214,7 @@ async def breaker_state(stack: Stack, name: str) -> str:
     return str(next(p["breaker"] for p in items if p["name"] == name))
 
 
+@pytest.mark.serial  # counts probe rounds in a time window: alone, after the parallel part
 async def test_a_vendor_that_only_times_out_costs_waiting_messages_no_attempts(
     settings_for,
 ) -> None:

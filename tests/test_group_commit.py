@@ -384,12 +384,12 @@ async def test_postgresql_down_gives_503_to_every_waiting_request_and_stores_not
 async def test_sqlite_locked_gives_503_to_every_waiting_request_and_stores_nothing(
     sqlite_url: str,
 ) -> None:
-    from tests.test_database_faults import write_lock_held
+    from tests.test_database_faults import write_lock_held_off_the_loop
 
     database = sqlite_url.removeprefix("sqlite+aiosqlite:///")
     async with running_stack(stack_settings(sqlite_url, database_wait_s=1), workers=0) as api:
         assert (await api.send(**SMS)).status_code == 202
-        with write_lock_held(Path(database)) as holder:
+        async with write_lock_held_off_the_loop(Path(database)) as holder:
             refused = await asyncio.gather(*(api.send(**SMS) for _ in range(24)))
             assert holder.poll() is None, "answered only once the lock was gone"
         assert {r.status_code for r in refused} == {503}
