@@ -112,6 +112,10 @@ async def offer_load(
             duration=plan.duration_s,
             record=plan.record,
         )
+        # An open load's last send is one interval before its window ends (100 ms at
+        # 10/s): sample once the window is over, or it ends unmeasured.
+        window_over = load["schedule_started_at"] + plan.warmup_s + plan.duration_s
+        await asyncio.sleep(max(0.0, window_over - time.time()))
         load_end = time.time()
         last = await sample()  # the sampler may have last looked 0.5 s ago
         samples.append((load_end, *last))
