@@ -127,8 +127,8 @@ class Delivery:
     ) -> Disposition:
         """Deliver one message in a task of its own that the caller cannot cancel.
 
-        A broker link that drops cancels the consumer's callback (aiormq cancels its
-        tasks when a channel closes), never a vendor call in progress: the delivery
+        Whatever cancels the caller (a lane closing at shutdown, a channel closing under
+        a consumer callback) never cancels a vendor call in progress: the delivery
         finishes and records its outcome, the ack is lost with the channel, and the copy
         RabbitMQ redelivers finds the outcome recorded and is skipped.
         """
