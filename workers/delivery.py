@@ -202,9 +202,15 @@ class Delivery:
         self, message: Envelope, attempt_id: int, receipt: Receipt, latency_ms: float, owner: str
     ) -> Disposition:
         """Record one send by itself (a batch's settle failed as a whole)."""
-        await self.ctx.breakers.record(receipt.provider, ok=True, latency_ms=latency_ms)
-        await self._record_sent(message, attempt_id, receipt, latency_ms, self._lease(owner))
+        await self._record_success(message, attempt_id, receipt, latency_ms, self._lease(owner))
         return Disposition.ACK
+
+    async def _record_success(
+        self, message: Envelope, attempt_id: int, receipt: Receipt, latency_ms: float, lease: Lease
+    ) -> None:
+        """The breaker counts the call, then the send is recorded (one by one)."""
+        await self.ctx.breakers.record(receipt.provider, ok=True, latency_ms=latency_ms)
+        await self._record_sent(message, attempt_id, receipt, latency_ms, lease)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, for deliveries still running, those whose consumer
@@ -408,8 +414,7 @@ class Delivery:
         failure like any transient one)."""
         outcome, latency = await self.send_once(message, provider)
         if isinstance(outcome, Receipt):
-            await self.ctx.breakers.record(provider.name, ok=True, latency_ms=latency)
-            await self._record_sent(message, attempt_id, outcome, latency, lease)
+            await self._record_success(message, attempt_id, outcome, latency, lease)
             return outcome
         await self._record_failure(message, attempt_id, outcome, latency, lease)
         return outcome

@@ -175,14 +175,15 @@ class Lane:
             envelope = Envelope.from_bytes(item.message.body)
         except EnvelopeError:
             return None
-        return choose_fast(envelope, now, rules, available, self._usable)
+        return choose_fast(envelope, now, rules, available, lambda p: self._usable(p, rules))
 
-    def _usable(self, name: str) -> bool:
+    def _usable(self, name: str, rules: RoutingRules) -> bool:
+        """Built, breaker plainly closed, and no ``max_per_s`` slot to book."""
         ctx = self.ctx
         provider = ctx.providers.get(name)
         if provider is None or not ctx.breakers.closed(name):
             return False
-        spec = ctx.rules().providers.get(name)
+        spec = rules.providers.get(name)
         return not (
             (spec is not None and spec.max_per_s) or getattr(provider, "default_max_per_s", None)
         )
